@@ -248,9 +248,9 @@ def test_flip_draws_one_rand_per_call():
     assert np.random.rand() == np.random.RandomState(7).rand(21)[-1]
 
 
-def test_crop_draws_one_randint_per_call():
+@pytest.mark.parametrize("p", [0, 3, 12, 28])
+def test_crop_draws_one_randint_per_call(p):
     img = np.random.RandomState(0).rand(6, 5, 2).astype(np.float32)
-    p = 3
     np.random.seed(3)
     crop = ndata.RandomCrop(padding=p)
     outs = [crop(img) for _ in range(20)]

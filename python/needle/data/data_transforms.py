@@ -86,26 +86,28 @@ class RandomCrop(Transform):
     def __call__(self, img):
         img = _check_image("RandomCrop", img)
         p = self.padding
-        batched = img.ndim == 4
-        shifts = np.random.randint(low=-p, high=p + 1, size=(img.shape[0], 2) if batched else 2)
-        # spatial axes of the (possibly batched) array
-        row_axis = img.ndim - 3 if self.layout == "HWC" else img.ndim - 2
-        col_axis = row_axis + 1
-        pad = [(0, 0)] * img.ndim
-        pad[row_axis] = pad[col_axis] = (p, p)
-        padded = np.pad(img, pad)
-        height, width = img.shape[row_axis], img.shape[col_axis]
+        if img.ndim == 3:
+            shift_rows, shift_cols = np.random.randint(low=-p, high=p + 1, size=2)
+            return self._shift(img, shift_rows, shift_cols)
+        shifts = np.random.randint(low=-p, high=p + 1, size=(img.shape[0], 2))
+        return np.stack([self._shift(x, r, c) for x, (r, c) in zip(img, shifts)])
 
-        def crop(x, shift_rows, shift_cols, r_axis, c_axis):
-            index = [slice(None)] * x.ndim
-            index[r_axis] = slice(p + shift_rows, p + shift_rows + height)
-            index[c_axis] = slice(p + shift_cols, p + shift_cols + width)
-            return x[tuple(index)]
-
-        if not batched:
-            return crop(padded, shifts[0], shifts[1], row_axis, col_axis)
-        return np.stack([crop(padded[i], r, c, row_axis - 1, col_axis - 1)
-                         for i, (r, c) in enumerate(shifts)])
+    def _shift(self, img, shift_rows, shift_cols):
+        # Same values as cropping the zero-padded image, without building it: output row i
+        # is input row i + shift_rows (zero outside the image), likewise for columns.
+        row_axis = 0 if self.layout == "HWC" else 1
+        out = np.zeros_like(img)
+        dst = [slice(None)] * 3
+        src = [slice(None)] * 3
+        for axis, shift in ((row_axis, int(shift_rows)), (row_axis + 1, int(shift_cols))):
+            size = img.shape[axis]
+            lo, hi = max(0, -shift), min(size, size - shift)
+            if lo >= hi:
+                return out
+            dst[axis] = slice(lo, hi)
+            src[axis] = slice(lo + shift, hi + shift)
+        out[tuple(dst)] = img[tuple(src)]
+        return out
 
 
 class Normalize(Transform):
