@@ -1,0 +1,139 @@
+"""Gradients of gradients, op by op, against PyTorch's double backward (float64).
+
+For an op f with inputs x_i, output weights w and probe vectors u_i, we back-propagate
+s = sum_i <u_i, d<w, f>/dx_i> through needle's gradient graph (which is itself made of ops)
+and compare d s / d x_i with torch.autograd.grad(create_graph=True) followed by backward.
+Also: the course's flat-perturbation gradient checker on float64 data.
+"""
+import numpy as np
+import pytest
+import torch
+from test_ops import randn
+
+import needle as ndl
+from needle import ops
+
+
+def check_second_order(nfn, tfn, *inputs, rtol=1e-8, atol=1e-10):
+    ts = [ndl.Tensor(x) for x in inputs]
+    out = nfn(*ts)
+    w = np.asarray(np.random.randn(*out.shape))
+    us = [np.random.randn(*x.shape) for x in inputs]
+    out.backward(ndl.Tensor(w, requires_grad=False))
+    firsts = [t.grad for t in ts]
+    for t in ts:
+        t.grad = None  # an input that s does not reach keeps None (zero second derivative)
+    s = None
+    for g, u in zip(firsts, us):
+        term = ops.summation(g * ndl.Tensor(u, requires_grad=False))
+        s = term if s is None else s + term
+    s.backward()
+
+    tt = [torch.tensor(x, requires_grad=True) for x in inputs]
+    tout = tfn(*tt)
+    tg = torch.autograd.grad(tout, tt, torch.tensor(w), create_graph=True, allow_unused=True)
+    ts_ = sum((g * torch.tensor(u)).sum() for g, u in zip(tg, us) if g is not None)
+    if not ts_.requires_grad:  # a linear op: all second derivatives vanish
+        expected = [np.zeros_like(x) for x in inputs]
+    else:
+        sec = torch.autograd.grad(ts_, tt, allow_unused=True)
+        expected = [np.zeros_like(x) if g is None else g.numpy() for g, x in zip(sec, inputs)]
+    for i, (t, e) in enumerate(zip(ts, expected)):
+        got = np.zeros_like(e) if t.grad is None else t.grad.numpy()
+        np.testing.assert_allclose(got, e, rtol=rtol, atol=atol,
+                                   err_msg=f"second-order gradient of input {i}")
+
+
+UNARY = [
+    ("exp", ops.exp, torch.exp, {}),
+    ("log", ops.log, torch.log, {"positive": True}),
+    ("tanh", ops.tanh, torch.tanh, {}),
+    ("sigmoid", ops.sigmoid, torch.sigmoid, {}),
+    ("relu", ops.relu, torch.relu, {"away_from_zero": True}),
+    ("negate", ops.negate, torch.neg, {}),
+    ("power_scalar_3", lambda t: ops.power_scalar(t, 3), lambda t: t ** 3, {}),
+    ("power_scalar_-1.5", lambda t: ops.power_scalar(t, -1.5), lambda t: t ** -1.5,
+     {"positive": True}),
+    ("divide_scalar", lambda t: ops.divide_scalar(t, 3.0), lambda t: t / 3.0, {}),
+    ("logsumexp", lambda t: ops.logsumexp(t, 1), lambda t: torch.logsumexp(t, 1), {}),
+    ("logsoftmax", ops.logsoftmax, lambda t: torch.log_softmax(t, 1), {}),
+    ("max", lambda t: ops.max(t, 1), lambda t: t.amax(1), {}),
+    ("mean", lambda t: ops.mean(t, 0), lambda t: t.mean(0), {}),
+    ("broadcast_sum", lambda t: ops.summation(ops.broadcast_to(t, (2, 3, 4)) ** 2, (0, 2)),
+     lambda t: (t.broadcast_to((2, 3, 4)) ** 2).sum((0, 2)), {}),
+    ("transpose_reshape", lambda t: ops.reshape(ops.transpose(t), (12,)) ** 2,
+     lambda t: t.transpose(0, 1).reshape(12) ** 2, {}),
+]
+
+
+@pytest.mark.parametrize("name, nfn, tfn, dom", UNARY, ids=[u[0] for u in UNARY])
+def test_unary_second_order(name, nfn, tfn, dom):
+    check_second_order(nfn, tfn, randn(3, 4, **dom))
+
+
+BINARY = [
+    ("multiply", ops.multiply, torch.mul, {}, {}),
+    ("divide", ops.divide, torch.div, {}, {"away_from_zero": True}),
+    ("power", ops.power, torch.pow, {"positive": True}, {}),
+    ("matmul", ops.matmul, torch.matmul, {}, {}),
+    ("tanh_matmul", lambda a, b: ops.tanh(a @ b), lambda a, b: torch.tanh(a @ b), {}, {}),
+]
+
+
+@pytest.mark.parametrize("name, nfn, tfn, da, db", BINARY, ids=[b[0] for b in BINARY])
+def test_binary_second_order(name, nfn, tfn, da, db):
+    if "matmul" in name:
+        a, b = randn(3, 4, **da), randn(4, 2, **db)
+    else:
+        a, b = randn(3, 4, **da), randn(3, 4, **db)
+    check_second_order(nfn, tfn, a, b)
+
+
+def test_stack_split_second_order():
+    check_second_order(lambda a, b: ops.stack([a * a, b], 1) ** 2,
+                       lambda a, b: torch.stack([a * a, b], 1) ** 2, randn(2, 3), randn(2, 3))
+
+
+# ---- the course's gradient checker: perturb stored data through .flat ----------------------
+
+def _course_gradient_check(f, *args, eps=1e-4, tol=1e-6):
+    out = f(*args)
+    numerical = []
+    for a in args:
+        data = a.realize_cached_data()
+        g = np.zeros(a.shape)
+        for j in range(data.size):
+            data.flat[j] += eps
+            f1 = float(f(*args).numpy().sum())
+            data.flat[j] -= 2 * eps
+            f2 = float(f(*args).numpy().sum())
+            data.flat[j] += eps
+            g.flat[j] = (f1 - f2) / (2 * eps)
+        numerical.append(g)
+    grads = out.op.gradient_as_tuple(ndl.Tensor(np.ones(out.shape)), out)
+    for g, n in zip(grads, numerical):
+        assert np.linalg.norm(g.numpy() - n) < tol, (g.numpy(), n)
+
+
+@pytest.mark.parametrize(
+    "f, shapes",
+    [
+        (ops.divide, [(5, 4), (5, 4)]),
+        (lambda a: ops.divide_scalar(a, 3.2), [(5, 4)]),
+        (ops.matmul, [(5, 4), (4, 3)]),
+        (ops.matmul, [(6, 5, 4), (4, 3)]),
+        (lambda a: ops.summation(a, (1,)), [(5, 4)]),
+        (lambda a: ops.broadcast_to(a, (3, 3, 3)), [(3, 1)]),
+        (lambda a: ops.broadcast_to(a, (3, 3, 3)), [()]),
+        (lambda a: ops.reshape(a, (4, 5)), [(5, 4)]),
+        (lambda a: ops.transpose(a, (0, 2)), [(3, 5, 4)]),
+        (ops.negate, [(2, 3)]),
+        (lambda a: ops.logsumexp(a, (1, 2)), [(3, 4, 2)]),
+        (lambda a: ops.logsumexp(a, None), [(3, 4)]),
+    ],
+)
+def test_course_gradient_checker_on_float64(f, shapes):
+    rng = np.random.default_rng(5)
+    args = [ndl.Tensor(rng.standard_normal(s) + (2.0 if f is ops.divide else 0.0))
+            for s in shapes]
+    _course_gradient_check(f, *args)
