@@ -436,3 +436,39 @@ def test_cuda_device_object_without_gpu():
     assert repr(dev) == "cuda()" and str(dev) == "cuda()"
     assert nd.cuda() == ndl.cuda()
     assert nd.cuda() != nd.cpu()
+
+
+# ---- behaviour at the edges of the contract: right answer or a clear error, never silence ----
+
+@pytest.mark.xfail(strict=True, reason="BUG: flat of a non-compact NDArray is a detached copy; "
+                   "flat[j] += x is silently lost")
+def test_flat_on_noncompact_view_writes_through_or_raises():
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    a = nd.array(x).permute((1, 0))
+    try:
+        flat = a.flat
+        flat[1] += 100.0
+    except (ValueError, AssertionError, NotImplementedError):
+        return
+    expected = x.T.copy()
+    expected.reshape(-1)[1] += 100.0
+    np.testing.assert_array_equal(a.numpy(), expected)
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: a[::-1] on an NDArray returns an empty array")
+def test_getitem_negative_step_matches_numpy_or_raises():
+    x = np.arange(5, dtype=np.float32)
+    a = nd.array(x)
+    try:
+        out = a[::-1]
+    except (ValueError, IndexError, NotImplementedError):
+        return
+    np.testing.assert_array_equal(out.numpy(), x[::-1])
+
+
+def test_getitem_negative_start():
+    x = np.arange(5, dtype=np.float32)
+    a = nd.array(x)
+    np.testing.assert_array_equal(a[-3:].numpy(), x[-3:])
+    np.testing.assert_array_equal(a[-1].numpy(), x[-1:])
+    assert a.process_slice(slice(-3, None), 0) == slice(2, 5, 1)

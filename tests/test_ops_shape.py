@@ -234,15 +234,15 @@ def test_getitem_integer_array_gather_accumulates_gradient():
 
 # ---- conv -----------------------------------------------------------------------------------------
 
+@pytest.mark.xfail(not hasattr(ops, "conv"), strict=True,
+                   reason="needle.ops.conv is missing (contract section 6, issue 2 item 4)")
 @pytest.mark.parametrize(
     "n, h, w, cin, cout, k, stride, padding",
     [(2, 5, 5, 3, 4, 3, 1, 1), (1, 8, 8, 2, 3, 3, 2, 1), (2, 7, 6, 3, 2, 1, 1, 0),
      (1, 6, 6, 2, 2, 5, 1, 2), (1, 9, 9, 1, 2, 3, 3, 0)],
 )
 def test_conv_vs_torch(n, h, w, cin, cout, k, stride, padding):
-    conv = getattr(ops, "conv", None)
-    if conv is None:
-        pytest.xfail("needle.ops.conv is not implemented yet (contract section 6)")
+    conv = ops.conv
     x, wt = randn(n, h, w, cin), randn(k, k, cin, cout)
 
     def tconv(a, b):
