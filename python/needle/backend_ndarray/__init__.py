@@ -1,0 +1,21 @@
+"""needle's array layer: NDArray over a flat buffer, and the devices that run its kernels."""
+from .cuda import CUDADevice, cuda
+from .device import CPUDevice, Device, cpu, cpu_numpy, default_device
+from .ndarray import (
+    Handle, NDArray, array, broadcast_to, concatenate, empty, exp, flip, full, log, maximum,
+    reshape, stack, sum, tanh, where,
+)
+
+BackendDevice = Device
+
+
+def all_devices():
+    """Every device this build knows, enabled or not."""
+    return [cpu(), cuda()]
+
+
+__all__ = [
+    "NDArray", "Handle", "Device", "BackendDevice", "CPUDevice", "CUDADevice", "cpu", "cuda",
+    "cpu_numpy", "default_device", "all_devices", "array", "empty", "full", "broadcast_to",
+    "reshape", "maximum", "log", "exp", "tanh", "sum", "flip", "stack", "concatenate", "where",
+]

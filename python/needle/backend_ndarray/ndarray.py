@@ -1,0 +1,463 @@
+"""NDArray: a flat device buffer seen through shape, strides (in elements) and an offset.
+
+The course's design on top of native arrays: an NDArray holds a native strided view (a NumPy or
+CuPy array) of one flat buffer. Views (`permute`, `broadcast_to`, `reshape` of compact arrays,
+slicing) are native views of the same buffer, so every view reports the same `_handle.ptr()`,
+and `strides`/`_offset` are read off the native view. Kernels run on the native views: the
+device's array module already knows how to walk strided memory, so no index arithmetic is done
+in Python.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Number
+
+import numpy as np
+
+from .device import Device, cpu, default_device
+
+
+class Handle:
+    """The flat buffer behind an NDArray and all of its views."""
+
+    __slots__ = ("array", "device")
+
+    def __init__(self, array, device: Device):
+        self.array = array  # 1-D native array over the whole buffer
+        self.device = device
+
+    def ptr(self) -> int:
+        return self.device.data_ptr(self.array)
+
+    @property
+    def size(self) -> int:
+        return self.array.size
+
+
+def _root(array):
+    """The native array that owns the memory `array` views."""
+    r = array
+    while r.base is not None and hasattr(r.base, "dtype") and hasattr(r.base, "strides"):
+        r = r.base
+    return r
+
+
+def _flat_buffer(root):
+    """The owner's memory as a 1-D array in memory order (a view, never a copy)."""
+    if root.flags.c_contiguous:
+        return root.reshape(-1)
+    if root.flags.f_contiguous:
+        return root.T.reshape(-1)
+    raise AssertionError("an owning native array is contiguous")
+
+
+class NDArray:
+    """An n-dimensional array on a device; views share one flat buffer.
+
+    `NDArray(x, device=None, dtype=None)` copies a NumPy array, a nested list or another NDArray
+    to `device` (default: the CPU). Lists and Python scalars become float32; a NumPy array keeps
+    its dtype unless `dtype` is given.
+    """
+
+    __slots__ = ("_array", "_device", "_root")
+    __array_priority__ = 1000
+
+    def __init__(self, other, device: Device | None = None, dtype=None):
+        if isinstance(other, NDArray):
+            device = device or other.device
+            if device == other.device:
+                native = device.xp.array(other._array, dtype=dtype or other.dtype, order="C")
+            else:
+                native = device.from_numpy(other.numpy().astype(dtype or other.dtype))
+        else:
+            device = device or default_device()
+            if not isinstance(other, np.ndarray):
+                other = np.array(other, dtype=dtype or "float32")
+            native = device.from_numpy(np.asarray(other, dtype=dtype or other.dtype))
+        self._array = native
+        self._device = device
+        self._root = None
+
+    @staticmethod
+    def _wrap(array, device: Device, root=None) -> "NDArray":
+        """An NDArray over a native array without copying (internal fast path)."""
+        out = object.__new__(NDArray)
+        out._array = array
+        out._device = device
+        out._root = root
+        return out
+
+    def _view(self, array) -> "NDArray":
+        return NDArray._wrap(array, self._device, self._root)
+
+    @staticmethod
+    def make(shape, strides=None, device=None, handle=None, offset=0) -> "NDArray":
+        """A new compact array (handle None) or a view of `handle` with element strides."""
+        device = device or default_device()
+        shape = tuple(shape)
+        if handle is None:
+            return NDArray._wrap(device.xp.empty(shape, dtype="float32"), device)
+        strides = tuple(strides) if strides is not None else NDArray.compact_strides(shape)
+        view = device.as_strided(handle.array, shape, strides, offset)
+        return NDArray._wrap(view, device, _root(handle.array))
+
+    @staticmethod
+    def compact_strides(shape):
+        stride, res = 1, []
+        for n in reversed(shape):
+            res.append(stride)
+            stride *= n
+        return tuple(reversed(res))
+
+    # ---- properties --------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple:
+        return self._array.shape
+
+    @property
+    def strides(self) -> tuple:
+        itemsize = self._array.dtype.itemsize
+        return tuple(s // itemsize for s in self._array.strides)
+
+    @property
+    def dtype(self):
+        return self._array.dtype
+
+    @property
+    def device(self) -> Device:
+        return self._device
+
+    @property
+    def ndim(self) -> int:
+        return self._array.ndim
+
+    @property
+    def size(self) -> int:
+        return self._array.size
+
+    @property
+    def _handle(self) -> Handle:
+        root = self._root if self._root is not None else _root(self._array)
+        return Handle(_flat_buffer(root), self._device)
+
+    @property
+    def _offset(self) -> int:
+        h = self._handle
+        return (self._device.data_ptr(self._array) - h.ptr()) // self._array.dtype.itemsize
+
+    @property
+    def native(self):
+        """The native (NumPy/CuPy) strided view this NDArray wraps."""
+        return self._array
+
+    def __repr__(self):
+        return f"NDArray({self.numpy()!r}, device={self._device!r})"
+
+    def __str__(self):
+        return str(self.numpy())
+
+    def numpy(self) -> np.ndarray:
+        return self._device.to_numpy(self._array)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def __len__(self):
+        return self._array.shape[0]
+
+    def to(self, device: Device) -> "NDArray":
+        if device == self._device:
+            return self
+        return NDArray._wrap(device.from_numpy(self.numpy()), device)
+
+    def astype(self, dtype) -> "NDArray":
+        if self._array.dtype == dtype:
+            return self
+        return NDArray._wrap(self._array.astype(dtype), self._device)
+
+    def fill(self, value) -> None:
+        self._array.fill(value)
+
+    # ---- layout ------------------------------------------------------------------------
+    def is_compact(self) -> bool:
+        """Row-major, starting at the buffer's first element and covering all of it."""
+        return bool(self._array.flags.c_contiguous) and self.size == self._handle.size
+
+    def compact(self) -> "NDArray":
+        if self._array.flags.c_contiguous and self._array.base is None:
+            return self
+        if self.is_compact():
+            return self
+        return NDArray._wrap(self._device.xp.ascontiguousarray(self._array), self._device)
+
+    def reshape(self, new_shape) -> "NDArray":
+        """A view when the layout allows (row-major data), else a compact copy reshaped."""
+        new_shape = tuple(new_shape)
+        if math.prod(new_shape) != self.size and -1 not in new_shape:
+            raise ValueError(f"reshape: cannot reshape array of shape {self.shape} "
+                             f"({self.size} elements) into shape {new_shape}")
+        if self._array.flags.c_contiguous:
+            return self._view(self._array.reshape(new_shape))
+        return NDArray._wrap(
+            self._device.xp.ascontiguousarray(self._array).reshape(new_shape), self._device)
+
+    def permute(self, new_axes) -> "NDArray":
+        return self._view(self._array.transpose(tuple(new_axes)))
+
+    def broadcast_to(self, new_shape) -> "NDArray":
+        return self._view(self._device.xp.broadcast_to(self._array, tuple(new_shape)))
+
+    @property
+    def flat(self) -> "NDArray":
+        """A 1-D view of a compact array (writes go through to this array)."""
+        return self._view(self._array.reshape(-1))
+
+    # ---- indexing (course semantics: ints keep their axis) ------------------------------
+    def process_slice(self, sl, dim):
+        """A slice with explicit non-negative start, stop and step for axis `dim`."""
+        start, stop, step = sl.indices(self.shape[dim])
+        return slice(start, stop, step)
+
+    def _as_slices(self, idxs):
+        if not isinstance(idxs, tuple):
+            idxs = (idxs,)
+        if len(idxs) > self.ndim:
+            raise IndexError(f"NDArray index: {len(idxs)} indices for a {self.ndim}-d array "
+                             f"of shape {self.shape}")
+        out = []
+        for dim, s in enumerate(idxs):
+            if isinstance(s, slice):
+                out.append(self.process_slice(s, dim))
+            elif isinstance(s, (int, np.integer)):
+                n = self.shape[dim]
+                i = int(s) + n if s < 0 else int(s)
+                if not 0 <= i < n:
+                    raise IndexError(f"NDArray index: {s} out of range for axis {dim} "
+                                     f"of size {n}")
+                out.append(slice(i, i + 1, 1))
+            else:
+                raise TypeError(f"NDArray index: expected ints or slices, got {type(s).__name__}")
+        return tuple(out)
+
+    def __getitem__(self, idxs) -> "NDArray":
+        return self._view(self._array[self._as_slices(idxs)])
+
+    def __setitem__(self, idxs, other) -> None:
+        view = self._array[self._as_slices(idxs)]
+        if isinstance(other, NDArray):
+            if other.size != view.size:
+                raise ValueError(f"NDArray setitem: {other.size} values for a view of shape "
+                                 f"{view.shape}")
+            view[...] = other._array.reshape(view.shape)
+        else:
+            view[...] = other
+
+    def select(self, index) -> "NDArray":
+        """NumPy-style indexing (ints drop axes; integer arrays gather); a view when basic."""
+        return self._view(self._array[index])
+
+    def scatter_add(self, index, values: "NDArray") -> None:
+        """self[index] += values in place, accumulating repeated indices (NumPy semantics)."""
+        self._device.scatter_add(self._array, index, values._array)
+
+    # ---- elementwise -------------------------------------------------------------------
+    def __add__(self, other):
+        o = other._array if isinstance(other, NDArray) else other
+        return NDArray._wrap(self._array + o, self._device)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        o = other._array if isinstance(other, NDArray) else other
+        return NDArray._wrap(self._array - o, self._device)
+
+    def __rsub__(self, other):
+        return NDArray._wrap(other - self._array, self._device)
+
+    def __mul__(self, other):
+        o = other._array if isinstance(other, NDArray) else other
+        return NDArray._wrap(self._array * o, self._device)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        o = other._array if isinstance(other, NDArray) else other
+        return NDArray._wrap(self._array / o, self._device)
+
+    def __rtruediv__(self, other):
+        return NDArray._wrap(other / self._array, self._device)
+
+    def __neg__(self):
+        return NDArray._wrap(-self._array, self._device)
+
+    def __pow__(self, other):
+        o = other._array if isinstance(other, NDArray) else other
+        return NDArray._wrap(self._array ** o, self._device)
+
+    def __rpow__(self, other):
+        return NDArray._wrap(other ** self._array, self._device)
+
+    def _compare(self, result):
+        return NDArray._wrap(result.astype(self._array.dtype), self._device)
+
+    def __eq__(self, other):
+        return self._compare(self._array == (other._array if isinstance(other, NDArray)
+                                             else other))
+
+    def __ne__(self, other):
+        return self._compare(self._array != (other._array if isinstance(other, NDArray)
+                                             else other))
+
+    def __ge__(self, other):
+        return self._compare(self._array >= (other._array if isinstance(other, NDArray)
+                                             else other))
+
+    def __gt__(self, other):
+        return self._compare(self._array > (other._array if isinstance(other, NDArray)
+                                            else other))
+
+    def __le__(self, other):
+        return self._compare(self._array <= (other._array if isinstance(other, NDArray)
+                                             else other))
+
+    def __lt__(self, other):
+        return self._compare(self._array < (other._array if isinstance(other, NDArray)
+                                            else other))
+
+    __hash__ = None
+
+    def maximum(self, other):
+        o = other._array if isinstance(other, NDArray) else other
+        return NDArray._wrap(self._device.xp.maximum(self._array, o), self._device)
+
+    def minimum(self, other):
+        o = other._array if isinstance(other, NDArray) else other
+        return NDArray._wrap(self._device.xp.minimum(self._array, o), self._device)
+
+    def log(self):
+        return NDArray._wrap(self._device.xp.log(self._array), self._device)
+
+    def exp(self):
+        return NDArray._wrap(self._device.xp.exp(self._array), self._device)
+
+    def tanh(self):
+        return NDArray._wrap(self._device.xp.tanh(self._array), self._device)
+
+    def sqrt(self):
+        return NDArray._wrap(self._device.xp.sqrt(self._array), self._device)
+
+    def abs(self):
+        return NDArray._wrap(self._device.xp.abs(self._array), self._device)
+
+    def sign(self):
+        return NDArray._wrap(self._device.xp.sign(self._array), self._device)
+
+    def isfinite(self):
+        """True (as a Python bool) when every element is finite."""
+        return bool(self._device.xp.isfinite(self._array).all())
+
+    # ---- reductions and matmul ----------------------------------------------------------
+    def sum(self, axis=None, keepdims=False):
+        return NDArray._wrap(self._device.xp.asarray(
+            self._array.sum(axis=axis, keepdims=keepdims)), self._device)
+
+    def max(self, axis=None, keepdims=False):
+        return NDArray._wrap(self._device.xp.asarray(
+            self._array.max(axis=axis, keepdims=keepdims)), self._device)
+
+    def min(self, axis=None, keepdims=False):
+        return NDArray._wrap(self._device.xp.asarray(
+            self._array.min(axis=axis, keepdims=keepdims)), self._device)
+
+    def argmax(self, axis=None):
+        return NDArray._wrap(self._device.xp.asarray(self._array.argmax(axis=axis)),
+                             self._device)
+
+    def __matmul__(self, other):
+        return NDArray._wrap(self._array @ other._array, self._device)
+
+    # ---- padding and flipping -----------------------------------------------------------
+    def pad(self, axes):
+        """Zero padding, one (before, after) pair per axis, as `np.pad`."""
+        return NDArray._wrap(self._device.xp.pad(self._array, tuple(axes)), self._device)
+
+    def flip(self, axes):
+        """A compact copy reversed along `axes`."""
+        return NDArray._wrap(
+            self._device.xp.ascontiguousarray(self._device.xp.flip(self._array, axes)),
+            self._device)
+
+
+# ---- module-level functions (the course's backend_ndarray API) ---------------------------
+def array(a, dtype="float32", device=None) -> NDArray:
+    """A copy of `a` on `device` as an NDArray of `dtype` (float32 unless given)."""
+    dtype = "float32" if dtype is None else dtype
+    if isinstance(a, NDArray):
+        return NDArray(a, device=device or a.device, dtype=dtype)
+    return NDArray(np.asarray(a, dtype=dtype), device=device)
+
+
+def empty(shape, dtype="float32", device=None) -> NDArray:
+    return (device or default_device()).empty(shape, dtype=dtype)
+
+
+def full(shape, fill_value, dtype="float32", device=None) -> NDArray:
+    return (device or default_device()).full(shape, fill_value, dtype=dtype)
+
+
+def broadcast_to(a: NDArray, shape) -> NDArray:
+    return a.broadcast_to(shape)
+
+
+def reshape(a: NDArray, shape) -> NDArray:
+    return a.reshape(shape)
+
+
+def maximum(a: NDArray, b) -> NDArray:
+    return a.maximum(b)
+
+
+def log(a: NDArray) -> NDArray:
+    return a.log()
+
+
+def exp(a: NDArray) -> NDArray:
+    return a.exp()
+
+
+def tanh(a: NDArray) -> NDArray:
+    return a.tanh()
+
+
+def sum(a: NDArray, axis=None, keepdims=False) -> NDArray:  # noqa: A001 (course name)
+    return a.sum(axis=axis, keepdims=keepdims)
+
+
+def flip(a: NDArray, axes) -> NDArray:
+    return a.flip(axes)
+
+
+def stack(arrays, axis=0) -> NDArray:
+    dev = arrays[0].device
+    return NDArray._wrap(dev.xp.stack([a._array for a in arrays], axis=axis), dev)
+
+
+def concatenate(arrays, axis=0) -> NDArray:
+    dev = arrays[0].device
+    return NDArray._wrap(dev.xp.concatenate([a._array for a in arrays], axis=axis), dev)
+
+
+def where(cond: NDArray, a, b) -> NDArray:
+    dev = cond.device
+    av = a._array if isinstance(a, NDArray) else a
+    bv = b._array if isinstance(b, NDArray) else b
+    return NDArray._wrap(dev.xp.where(cond._array != 0, av, bv), dev)
+
+
+def is_scalar(x) -> bool:
+    return isinstance(x, Number)
+
+
+__all__ = ["NDArray", "Handle", "array", "empty", "full", "broadcast_to", "reshape", "maximum",
+           "log", "exp", "tanh", "sum", "flip", "stack", "concatenate", "where", "cpu"]

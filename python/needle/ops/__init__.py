@@ -1,0 +1,22 @@
+"""Every differentiable op: a class with `compute` and `gradient`, and a lowercase function."""
+from .ops_indexing import (
+    Dilate, Flip, GetItem, Pad, ScatterAdd, UnDilate, dilate, flip, getitem, pad, scatter_add,
+    undilate,
+)
+from .ops_logarithmic import (
+    LogSoftmax, LogSumExp, Softmax, SoftmaxCrossEntropy, logsoftmax, logsumexp, softmax,
+    softmax_cross_entropy,
+)
+from .ops_mathematic import (
+    AddScalar, BroadcastTo, DivScalar, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Log, MatMul,
+    Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, Reshape, ScalarPower, Sigmoid,
+    Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
+    divide_scalar, exp, log, matmul, max, maximum, mean, mul_scalar, multiply, negate,
+    normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape, sigmoid, sqrt,
+    summation, tanh, to_device, transpose,
+)
+from .ops_tuple import (
+    MakeTensorTuple, Split, Stack, TupleGetItem, make_tuple, split, stack, tuple_get_item,
+)
+
+__all__ = [name for name in dir() if not name.startswith("_")]

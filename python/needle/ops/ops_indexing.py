@@ -1,0 +1,184 @@
+"""Indexing and layout ops: getitem (gather) and its scatter-add adjoint, flip, pad, dilate."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import NDArray, Tensor, TensorOp
+
+
+def _native_index(index, device):
+    """An index with Tensors/NDArrays/lists turned into native integer arrays on `device`."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    out = []
+    for item in index:
+        if isinstance(item, Tensor):
+            item = item.realize_cached_data()
+        if isinstance(item, NDArray):
+            item = item.native
+            if item.dtype.kind == "f":
+                item = item.astype(np.int64)
+        elif isinstance(item, (list, np.ndarray)):
+            arr = np.asarray(item)
+            if arr.dtype.kind == "f":
+                arr = arr.astype(np.int64)
+            item = device.xp.asarray(arr) if arr.dtype.kind != "b" else device.xp.asarray(arr)
+        out.append(item)
+    return tuple(out)
+
+
+def _is_basic(index) -> bool:
+    return all(isinstance(i, (int, np.integer, slice)) or i is None or i is Ellipsis
+               for i in index)
+
+
+class GetItem(TensorOp):
+    """a[index] with NumPy semantics (ints drop axes, integer arrays gather)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index  # native index (see _native_index)
+
+    def compute(self, a: NDArray):
+        try:
+            return a.select(self.index)
+        except IndexError as e:
+            raise IndexError(f"getitem: {e} (tensor of shape {a.shape})") from None
+
+    def gradient(self, out_grad, node):
+        return ScatterAdd(self.index, node.inputs[0].shape)(out_grad)
+
+
+class ScatterAdd(TensorOp):
+    """zeros(shape) with `values` added at `index`: the adjoint of getitem (repeats add up)."""
+
+    __slots__ = ("index", "shape", "basic")
+
+    def __init__(self, index, shape):
+        self.index = index
+        self.shape = tuple(shape)
+        self.basic = _is_basic(index)
+
+    def compute(self, values: NDArray):
+        out = values.device.zeros(self.shape, dtype=values.dtype)
+        if self.basic:
+            out.native[self.index] = values.native
+        else:
+            out.scatter_add(self.index, values)
+        return out
+
+    def gradient(self, out_grad, node):
+        return GetItem(self.index)(out_grad)
+
+
+def getitem(a, index):
+    """a[index]: ints, slices, None, Ellipsis, integer/bool arrays or Tensors of ids."""
+    return GetItem(_native_index(index, a.device))(a)
+
+
+def scatter_add(values, index, shape):
+    """zeros(shape) with values added at index (repeated indices accumulate)."""
+    return ScatterAdd(_native_index(index, values.device), shape)(values)
+
+
+class Flip(TensorOp):
+    """Reverse the order of elements along `axes`."""
+
+    __slots__ = ("axes",)
+
+    def __init__(self, axes):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+
+    def compute(self, a: NDArray):
+        for ax in self.axes:
+            if not -a.ndim <= ax < a.ndim:
+                raise ValueError(f"flip: axis {ax} out of range for shape {a.shape}")
+        return a.flip(self.axes)
+
+    def gradient(self, out_grad, node):
+        return flip(out_grad, self.axes)
+
+
+def flip(a, axes):
+    return Flip(axes)(a)
+
+
+class Pad(TensorOp):
+    """Zero padding: `axes` holds one (before, after) pair per axis, as `np.pad`."""
+
+    __slots__ = ("axes",)
+
+    def __init__(self, axes):
+        self.axes = tuple((int(lo), int(hi)) for lo, hi in axes)
+
+    def compute(self, a: NDArray):
+        if len(self.axes) != a.ndim:
+            raise ValueError(f"pad: {len(self.axes)} (before, after) pairs for a tensor of "
+                             f"shape {a.shape}")
+        return a.pad(self.axes)
+
+    def gradient(self, out_grad, node):
+        index = tuple(slice(lo, lo + n) for (lo, _), n in zip(self.axes, node.inputs[0].shape))
+        return GetItem(index)(out_grad)
+
+
+def pad(a, axes):
+    return Pad(axes)(a)
+
+
+def _dilation_index(ndim, axes, dilation):
+    index = [slice(None)] * ndim
+    for ax in axes:
+        index[ax] = slice(None, None, dilation + 1)
+    return tuple(index)
+
+
+class Dilate(TensorOp):
+    """Insert `dilation` zeros after every element along each axis in `axes`."""
+
+    __slots__ = ("axes", "dilation")
+
+    def __init__(self, axes, dilation: int):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        self.dilation = int(dilation)
+
+    def compute(self, a: NDArray):
+        if self.dilation == 0:
+            return a
+        axes = [ax % a.ndim for ax in self.axes if -a.ndim <= ax < a.ndim]
+        shape = tuple(n * (1 + self.dilation) if i in axes else n
+                      for i, n in enumerate(a.shape))
+        out = a.device.zeros(shape, dtype=a.dtype)
+        out.native[_dilation_index(a.ndim, axes, self.dilation)] = a.native
+        return out
+
+    def gradient(self, out_grad, node):
+        return undilate(out_grad, self.axes, self.dilation)
+
+
+def dilate(a, axes, dilation):
+    return Dilate(axes, dilation)(a)
+
+
+class UnDilate(TensorOp):
+    """Keep every (dilation + 1)-th element along each axis in `axes` (inverse of dilate)."""
+
+    __slots__ = ("axes", "dilation")
+
+    def __init__(self, axes, dilation: int):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        self.dilation = int(dilation)
+
+    def compute(self, a: NDArray):
+        if self.dilation == 0:
+            return a
+        axes = [ax % a.ndim for ax in self.axes if -a.ndim <= ax < a.ndim]
+        return a.select(_dilation_index(a.ndim, axes, self.dilation))
+
+    def gradient(self, out_grad, node):
+        return dilate(out_grad, self.axes, self.dilation)
+
+
+def undilate(a, axes, dilation):
+    return UnDilate(axes, dilation)(a)

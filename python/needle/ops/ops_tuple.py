@@ -1,0 +1,101 @@
+"""Ops over tuples of tensors: make_tuple, tuple_get_item, stack and split."""
+from __future__ import annotations
+
+from ..autograd import NDArray, Tensor, TensorOp, TensorTuple, TensorTupleOp
+from ..backend_ndarray import stack as nd_stack
+
+
+class MakeTensorTuple(TensorTupleOp):
+    __slots__ = ()
+
+    def compute(self, *args: NDArray):
+        return tuple(args)
+
+    def gradient(self, out_grad, node):
+        assert isinstance(out_grad, TensorTuple)
+        return tuple(out_grad[i] for i in range(len(out_grad)))
+
+
+def make_tuple(*args):
+    return MakeTensorTuple()(*args)
+
+
+class TupleGetItem(TensorOp):
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __call__(self, a, fold_const=True):
+        # Indexing a tuple made by make_tuple returns the original tensor, as the course does.
+        if fold_const and isinstance(a.op, MakeTensorTuple):
+            return a.inputs[self.index]
+        return Tensor.make_from_op(self, (a,))
+
+    def compute(self, a: tuple):
+        return a[self.index]
+
+    def gradient(self, out_grad, node):
+        parts = []
+        for i, value in enumerate(node.inputs[0].realize_cached_data()):
+            if i == self.index:
+                parts.append(out_grad)
+            else:
+                parts.append(Tensor.make_const(value.device.zeros(value.shape, value.dtype)))
+        return make_tuple(*parts)
+
+
+def tuple_get_item(value, index):
+    return TupleGetItem(index)(value)
+
+
+class Stack(TensorOp):
+    """Stack same-shape tensors along a new axis `axis`; input is one TensorTuple."""
+
+    __slots__ = ("axis",)
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def compute(self, args: tuple):
+        if not args:
+            raise ValueError("stack: need at least one tensor")
+        shape = args[0].shape
+        for i, a in enumerate(args):
+            if a.shape != shape:
+                raise ValueError(f"stack: all tensors must have the same shape; tensor 0 has "
+                                 f"{shape}, tensor {i} has {a.shape}")
+        if not -len(shape) - 1 <= self.axis <= len(shape):
+            raise ValueError(f"stack: axis {self.axis} out of range for {len(shape) + 1} "
+                             f"dimensions")
+        return nd_stack(list(args), axis=self.axis)
+
+    def gradient(self, out_grad, node):
+        return split(out_grad, self.axis)
+
+
+def stack(args, axis):
+    return Stack(axis)(make_tuple(*args))
+
+
+class Split(TensorTupleOp):
+    """The inverse of stack: the slices of `a` along `axis`, that axis removed."""
+
+    __slots__ = ("axis",)
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def compute(self, a: NDArray):
+        if not -a.ndim <= self.axis < a.ndim:
+            raise ValueError(f"split: axis {self.axis} out of range for shape {a.shape}")
+        axis = self.axis % a.ndim
+        lead = (slice(None),) * axis
+        return tuple(a.select(lead + (i,)) for i in range(a.shape[axis]))
+
+    def gradient(self, out_grad, node):
+        return stack(list(out_grad.tuple()), self.axis)
+
+
+def split(a, axis):
+    return Split(axis)(a)
