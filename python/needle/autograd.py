@@ -43,6 +43,10 @@ class Op:
         """Partial adjoints for each input, given the adjoint of the output."""
         raise NotImplementedError()
 
+    # Optional fast path: partial adjoints computed directly on NDArrays (no Tensors, no
+    # graph), used by `backward(create_graph=False)`. Ops without it fall back to `gradient`.
+    gradient_nd = None
+
     def gradient_as_tuple(self, out_grad: "Value", node: "Value") -> Tuple["Value", ...]:
         output = self.gradient(out_grad, node)
         if isinstance(output, tuple):
@@ -134,7 +138,17 @@ class Value:
             value.inputs = inputs
             value.cached_data = None
             return value
-        data = op.compute(*[x.realize_cached_data() for x in inputs])
+        n = len(inputs)
+        if n == 2:
+            a, b = inputs
+            da, db = a.cached_data, b.cached_data
+            data = op.compute(da if da is not None else a.realize_cached_data(),
+                              db if db is not None else b.realize_cached_data())
+        elif n == 1:
+            data = inputs[0].cached_data
+            data = op.compute(data if data is not None else inputs[0].realize_cached_data())
+        else:
+            data = op.compute(*[x.realize_cached_data() for x in inputs])
         if _DETECT_ANOMALY:
             _check_finite(op, data)
         value.cached_data = data
@@ -308,29 +322,29 @@ class Tensor(Value):
     # ---- operators -------------------------------------------------------------------------
     def __add__(self, other):
         if isinstance(other, Tensor):
-            return _ops.EWiseAdd()(self, other)
+            return _ADD(self, other)
         return _ops.AddScalar(other)(self)
 
     __radd__ = __add__
 
     def __sub__(self, other):
         if isinstance(other, Tensor):
-            return _ops.EWiseAdd()(self, _ops.Negate()(other))
+            return _ADD(self, _NEG(other))
         return _ops.AddScalar(-other)(self)
 
     def __rsub__(self, other):
-        return _ops.AddScalar(other)(_ops.Negate()(self))
+        return _ops.AddScalar(other)(_NEG(self))
 
     def __mul__(self, other):
         if isinstance(other, Tensor):
-            return _ops.EWiseMul()(self, other)
+            return _MUL(self, other)
         return _ops.MulScalar(other)(self)
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
         if isinstance(other, Tensor):
-            return _ops.EWiseDiv()(self, other)
+            return _DIV(self, other)
         return _ops.DivScalar(other)(self)
 
     def __rtruediv__(self, other):
@@ -338,26 +352,26 @@ class Tensor(Value):
 
     def __pow__(self, other):
         if isinstance(other, Tensor):
-            return _ops.EWisePow()(self, other)
+            return _POW(self, other)
         return _ops.PowerScalar(other)(self)
 
     def __rpow__(self, other):
         return _ops.ScalarPower(other)(self)
 
     def __neg__(self):
-        return _ops.Negate()(self)
+        return _NEG(self)
 
     def __matmul__(self, other):
-        return _ops.MatMul()(self, other)
+        return _MATMUL(self, other)
 
     def __rmatmul__(self, other):
-        return _ops.MatMul()(other, self)
+        return _MATMUL(other, self)
 
     def __getitem__(self, index):
         return _ops.getitem(self, index)
 
     def matmul(self, other):
-        return _ops.MatMul()(self, other)
+        return _MATMUL(self, other)
 
     def sum(self, axes=None, keepdims=False):
         return _ops.summation(self, axes, keepdims=keepdims)
@@ -406,8 +420,54 @@ class Tensor(Value):
 
 def compute_gradient_of_variables(output_tensor: Value, out_grad: Value,
                                   create_graph: bool = True) -> None:
-    """Reverse-mode AD: set `.grad` of every node reachable from `output_tensor`."""
-    _reverse_pass(output_tensor, out_grad, create_graph, assign=True)
+    """Reverse-mode AD: set `.grad` of every node reachable from `output_tensor`.
+
+    With `create_graph=False` only leaves get `.grad` (constants), computed on NDArrays.
+    """
+    if create_graph and _GRAD_ENABLED:
+        _reverse_pass(output_tensor, out_grad, create_graph, assign=True)
+        return
+    grads = _reverse_pass_fast(output_tensor, out_grad.realize_cached_data())
+    for node, g in grads.items():
+        node.grad = Tensor.make_const(g)
+
+
+def _reverse_pass_fast(output, out_grad: NDArray) -> dict:
+    """Reverse pass on NDArrays; returns {leaf: gradient NDArray}."""
+    global _GRAD_ENABLED
+    saved = _GRAD_ENABLED
+    _GRAD_ENABLED = False
+    leaves = {}
+    try:
+        grads = {output: out_grad}
+        for node in reversed(find_topo_sort([output], only_requiring_grad=True)):
+            grad = grads.pop(node, None)
+            if grad is None:
+                continue
+            op = node.op
+            if op is None:
+                leaves[node] = grad
+                continue
+            fn = op.gradient_nd
+            if fn is not None:
+                partials = fn(grad, node)
+            else:
+                wrapped = (TensorTuple if isinstance(grad, tuple) else Tensor).make_const(grad)
+                partials = [None if p is None else p.realize_cached_data()
+                            for p in op.gradient_as_tuple(wrapped, node)]
+            for inp, partial in zip(node.inputs, partials):
+                if partial is None or not inp.requires_grad:
+                    continue
+                prev = grads.get(inp)
+                if prev is None:
+                    grads[inp] = partial
+                elif isinstance(prev, tuple):
+                    grads[inp] = tuple(a + b for a, b in zip(prev, partial))
+                else:
+                    grads[inp] = prev + partial
+    finally:
+        _GRAD_ENABLED = saved
+    return leaves
 
 
 def gradients(output: Value, inputs, out_grad: Optional[Value] = None,
@@ -540,3 +600,11 @@ def set_detect_anomaly(enabled: bool) -> None:
 
 
 from . import ops as _ops  # noqa: E402  (ops import this module; bind after the classes exist)
+
+# Stateless ops are shared instances: one less object per operator call.
+_ADD = _ops.EWiseAdd()
+_MUL = _ops.EWiseMul()
+_DIV = _ops.EWiseDiv()
+_NEG = _ops.Negate()
+_MATMUL = _ops.MatMul()
+_POW = _ops.EWisePow()

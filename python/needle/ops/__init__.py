@@ -15,6 +15,7 @@ from .ops_mathematic import (
     normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape, sigmoid, sqrt,
     summation, tanh, to_device, transpose,
 )
+from .ops_norm import Standardize, standardize
 from .ops_tuple import (
     MakeTensorTuple, Split, Stack, TupleGetItem, make_tuple, split, stack, tuple_get_item,
 )

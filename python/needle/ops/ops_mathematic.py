@@ -70,6 +70,19 @@ def reduce_to_shape(grad: Tensor, shape: tuple) -> Tensor:
     return reshape(grad, shape)
 
 
+def reduce_nd(grad: NDArray, shape: tuple) -> NDArray:
+    """`reduce_to_shape` on NDArrays (the fast backward path)."""
+    gshape = grad.shape
+    if gshape == shape:
+        return grad
+    lead = len(gshape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, n in enumerate(shape) if n == 1 and gshape[i + lead] != 1)
+    if axes:
+        grad = grad.sum(axis=axes)
+    return grad.reshape(shape)
+
+
 # ---- elementwise binary -----------------------------------------------------------------------
 class EWiseAdd(TensorOp):
     __slots__ = ()
@@ -82,6 +95,10 @@ class EWiseAdd(TensorOp):
     def gradient(self, out_grad, node):
         a, b = node.inputs
         return reduce_to_shape(out_grad, a.shape), reduce_to_shape(out_grad, b.shape)
+
+    def gradient_nd(self, g, node):
+        a, b = node.inputs
+        return reduce_nd(g, a.cached_data.shape), reduce_nd(g, b.cached_data.shape)
 
 
 def add(a, b):
@@ -99,6 +116,9 @@ class AddScalar(TensorOp):
 
     def gradient(self, out_grad, node):
         return out_grad
+
+    def gradient_nd(self, g, node):
+        return (g,)
 
 
 def add_scalar(a, scalar):
@@ -118,6 +138,10 @@ class EWiseMul(TensorOp):
         return (reduce_to_shape(out_grad * b, a.shape),
                 reduce_to_shape(out_grad * a, b.shape))
 
+    def gradient_nd(self, g, node):
+        a, b = node.inputs[0].cached_data, node.inputs[1].cached_data
+        return reduce_nd(g * b, a.shape), reduce_nd(g * a, b.shape)
+
 
 def multiply(a, b):
     return EWiseMul()(a, b)
@@ -134,6 +158,9 @@ class MulScalar(TensorOp):
 
     def gradient(self, out_grad, node):
         return out_grad * self.scalar
+
+    def gradient_nd(self, g, node):
+        return (g * self.scalar,)
 
 
 def mul_scalar(a, scalar):
@@ -183,6 +210,13 @@ class PowerScalar(TensorOp):
             return out_grad * a * 2
         return out_grad * (a ** (s - 1)) * s
 
+    def gradient_nd(self, g, node):
+        s = self.scalar
+        a = node.inputs[0].cached_data
+        if s == 0:
+            return (g * 0,)
+        return (g * (a ** (s - 1)) * s,)
+
 
 def power_scalar(a, scalar):
     return PowerScalar(scalar)(a)
@@ -217,6 +251,10 @@ class EWiseDiv(TensorOp):
         gb = -(out_grad * a) / (b * b)
         return reduce_to_shape(ga, a.shape), reduce_to_shape(gb, b.shape)
 
+    def gradient_nd(self, g, node):
+        a, b = node.inputs[0].cached_data, node.inputs[1].cached_data
+        return reduce_nd(g / b, a.shape), reduce_nd(-(g * a) / (b * b), b.shape)
+
 
 def divide(a, b):
     return EWiseDiv()(a, b)
@@ -233,6 +271,9 @@ class DivScalar(TensorOp):
 
     def gradient(self, out_grad, node):
         return out_grad / self.scalar
+
+    def gradient_nd(self, g, node):
+        return (g / self.scalar,)
 
 
 def divide_scalar(a, scalar):
@@ -270,6 +311,9 @@ class Negate(TensorOp):
     def gradient(self, out_grad, node):
         return -out_grad
 
+    def gradient_nd(self, g, node):
+        return (-g,)
+
 
 def negate(a):
     return Negate()(a)
@@ -284,6 +328,9 @@ class Log(TensorOp):
     def gradient(self, out_grad, node):
         return out_grad / node.inputs[0]
 
+    def gradient_nd(self, g, node):
+        return (g / node.inputs[0].cached_data,)
+
 
 def log(a):
     return Log()(a)
@@ -297,6 +344,9 @@ class Exp(TensorOp):
 
     def gradient(self, out_grad, node):
         return out_grad * node
+
+    def gradient_nd(self, g, node):
+        return (g * node.cached_data,)
 
 
 def exp(a):
@@ -314,6 +364,9 @@ class ReLU(TensorOp):
     def gradient(self, out_grad, node):
         return out_grad * Tensor.make_const(node.inputs[0].realize_cached_data() > 0)
 
+    def gradient_nd(self, g, node):
+        return (g * (node.inputs[0].cached_data > 0),)
+
 
 def relu(a):
     return ReLU()(a)
@@ -327,6 +380,10 @@ class Tanh(TensorOp):
 
     def gradient(self, out_grad, node):
         return out_grad * (1 - node * node)
+
+    def gradient_nd(self, g, node):
+        y = node.cached_data
+        return (g - g * y * y,)
 
 
 def tanh(a):
@@ -343,6 +400,10 @@ class Sigmoid(TensorOp):
 
     def gradient(self, out_grad, node):
         return out_grad * node * (1 - node)
+
+    def gradient_nd(self, g, node):
+        y = node.cached_data
+        return (g * y * (1 - y),)
 
 
 def sigmoid(a):
@@ -361,6 +422,10 @@ class Sqrt(TensorOp):
 
 def sqrt(a):
     return Sqrt()(a)
+
+
+def _swap_last(ndim):
+    return tuple(range(ndim - 2)) + (ndim - 1, ndim - 2)
 
 
 # ---- matmul -----------------------------------------------------------------------------------
@@ -390,6 +455,12 @@ class MatMul(TensorOp):
         ga = matmul(out_grad, transpose(b))
         gb = matmul(transpose(a), out_grad)
         return reduce_to_shape(ga, a.shape), reduce_to_shape(gb, b.shape)
+
+    def gradient_nd(self, g, node):
+        a, b = node.inputs[0].cached_data, node.inputs[1].cached_data
+        ga = g @ b.permute(_swap_last(b.ndim))
+        gb = a.permute(_swap_last(a.ndim)) @ g
+        return reduce_nd(ga, a.shape), reduce_nd(gb, b.shape)
 
 
 def matmul(a, b):
@@ -422,6 +493,13 @@ class Summation(TensorOp):
         if not self.keepdims:
             out_grad = reshape(out_grad, _keepdims_shape(shape, axes))
         return broadcast_to(out_grad, shape)
+
+    def gradient_nd(self, g, node):
+        shape = node.inputs[0].cached_data.shape
+        axes = normalize_axes("summation", self.axes, len(shape))
+        if not self.keepdims:
+            g = g.reshape(_keepdims_shape(shape, axes))
+        return (g.broadcast_to(shape),)
 
 
 def summation(a, axes=None, keepdims=False):
@@ -488,6 +566,9 @@ class BroadcastTo(TensorOp):
     def gradient(self, out_grad, node):
         return reduce_to_shape(out_grad, node.inputs[0].shape)
 
+    def gradient_nd(self, g, node):
+        return (reduce_nd(g, node.inputs[0].cached_data.shape),)
+
 
 def broadcast_to(a, shape):
     return BroadcastTo(shape)(a)
@@ -513,6 +594,9 @@ class Reshape(TensorOp):
 
     def gradient(self, out_grad, node):
         return reshape(out_grad, node.inputs[0].shape)
+
+    def gradient_nd(self, g, node):
+        return (g.reshape(node.inputs[0].cached_data.shape),)
 
 
 def reshape(a, shape):
@@ -566,6 +650,9 @@ class Permute(TensorOp):
 
     def gradient(self, out_grad, node):
         return permute(out_grad, tuple(int(i) for i in np.argsort(self.axes)))
+
+    def gradient_nd(self, g, node):
+        return (g.permute(tuple(int(i) for i in np.argsort(self.axes))),)
 
 
 def permute(a, axes):

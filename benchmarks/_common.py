@@ -1,0 +1,35 @@
+"""Shared helpers for the side-by-side benchmarks: medians of repeated timings, ratio tables."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "python"))
+
+
+def median_time(fn, repeat: int = 7, warmup: int = 2) -> float:
+    """Median wall time of fn() in seconds over `repeat` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def print_table(title: str, rows) -> None:
+    """rows: (name, needle value, torch value, unit, ratio text, target text)."""
+    print(f"\n{title}  ({machine()})")
+    print(f"{'case':44s} {'needle':>12s} {'torch':>12s} {'unit':>10s} {'ratio':>8s}  target")
+    for name, a, b, unit, ratio, target in rows:
+        print(f"{name:44s} {a:12.3f} {b:12.3f} {unit:>10s} {ratio:>8s}  {target}")
