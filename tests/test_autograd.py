@@ -331,7 +331,7 @@ def test_tensor_tuple():
     np.testing.assert_allclose(b.grad.numpy(), 2 * np.ones(3))
 
 
-# ---- memory ----------------------------------------------------------------------------------------
+# ---- memory --------------------------------------------------------------------------------------
 
 def _train_steps(w, x, n):
     for _ in range(n):
@@ -362,7 +362,7 @@ def test_tensor_counter_counts_creation_and_collection():
     assert autograd.TENSOR_COUNTER == before
 
 
-# ---- modes -------------------------------------------------------------------------------------------
+# ---- modes ---------------------------------------------------------------------------------------
 
 def test_lazy_mode_defers_compute():
     assert autograd.LAZY_MODE is False

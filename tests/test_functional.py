@@ -137,7 +137,7 @@ def test_vjp_vs_torch():
         np.testing.assert_allclose(_np(g), e.numpy(), rtol=1e-10, atol=1e-12)
 
 
-# ---- jvp: forward mode ------------------------------------------------------------------------------
+# ---- jvp: forward mode ---------------------------------------------------------------------------
 
 JVP_CASES = [
     ("tanh_matmul", lambda a, b: ops.tanh(a @ b), lambda a, b: torch.tanh(a @ b),
@@ -169,7 +169,7 @@ def test_jvp_vs_torch_and_reverse_mode(name, nfn, tfn, shapes):
     assert lhs == pytest.approx(rhs, rel=1e-9, abs=1e-12)
 
 
-# ---- hvp: second order --------------------------------------------------------------------------------
+# ---- hvp: second order ---------------------------------------------------------------------------
 
 def test_hvp_of_two_layer_tanh_mlp_vs_torch():
     x = RNG.standard_normal((5, 4))

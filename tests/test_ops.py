@@ -166,7 +166,7 @@ def test_numpy_scalars_keep_float32_and_the_graph(name, kind, request):
     assert x.grad.dtype == "float32", x.grad.dtype
 
 
-# ---- unary ----------------------------------------------------------------------------------------
+# ---- unary ---------------------------------------------------------------------------------------
 
 UNARY = {
     "negate": (ops.negate, torch.neg, {}),

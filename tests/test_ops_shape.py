@@ -145,7 +145,7 @@ def test_stack_gradient_is_tuple_and_split_inverts_stack():
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-# ---- flip / pad / dilate / undilate ---------------------------------------------------------------
+# ---- flip / pad / dilate / undilate --------------------------------------------------------------
 
 @pytest.mark.parametrize("axes", [(0,), (1,), (0, 2), (0, 1, 2), (1, 2)])
 def test_flip_vs_torch(axes):
@@ -232,7 +232,7 @@ def test_getitem_integer_array_gather_accumulates_gradient():
     check_vs_torch(lambda t: t[rows], lambda t: t[torch.tensor(rows)], x)
 
 
-# ---- conv -----------------------------------------------------------------------------------------
+# ---- conv ----------------------------------------------------------------------------------------
 
 @pytest.mark.xfail(not hasattr(ops, "conv"), strict=True,
                    reason="needle.ops.conv is missing (contract section 6, issue 2 item 4)")
