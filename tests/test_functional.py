@@ -91,8 +91,6 @@ def test_gradcheck_catches_a_wrong_gradient():
     assert F.gradcheck(lambda a: _WrongExp()(a), x, raise_exception=False) is False
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: GradcheckError message holds a literal "
-                   "backslash-n ('\\\\n' in an f-string) instead of line breaks")
 def test_gradcheck_message_has_line_breaks():
     with pytest.raises(AssertionError) as info:
         F.gradcheck(lambda a: _WrongExp()(a), _t(2))

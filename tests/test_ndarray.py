@@ -440,8 +440,6 @@ def test_cuda_device_object_without_gpu():
 
 # ---- behaviour at the edges of the contract: right answer or a clear error, never silence ----
 
-@pytest.mark.xfail(strict=True, reason="BUG: flat of a non-compact NDArray is a detached copy; "
-                   "flat[j] += x is silently lost")
 def test_flat_on_noncompact_view_writes_through_or_raises():
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     a = nd.array(x).permute((1, 0))
@@ -455,7 +453,6 @@ def test_flat_on_noncompact_view_writes_through_or_raises():
     np.testing.assert_array_equal(a.numpy(), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a[::-1] on an NDArray returns an empty array")
 def test_getitem_negative_step_matches_numpy_or_raises():
     x = np.arange(5, dtype=np.float32)
     a = nd.array(x)

@@ -231,6 +231,7 @@ class Tensor(Value):
     """
 
     __slots__ = ()
+    __array_ufunc__ = None  # `np_scalar * tensor` defers to Tensor.__rmul__ (stays in the graph)
 
     def __init__(self, array, *, device=None, dtype=None, requires_grad=True, **kwargs):
         if isinstance(array, Tensor):  # shares storage when device and dtype agree (course)

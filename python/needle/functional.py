@@ -123,5 +123,5 @@ def gradcheck(f: Callable, *inputs, eps: float = 1e-6, atol: float = 1e-5,
             err = np.abs(got - numeric).max()
             raise GradcheckError(
                 f"gradcheck: input {i} of shape {base[i].shape}: analytic and numerical "
-                f"gradients differ by up to {err:.3g}\\nanalytic:\\n{got}\\nnumerical:\\n{numeric}")
+                f"gradients differ by up to {err:.3g}\nanalytic:\n{got}\nnumerical:\n{numeric}")
     return True

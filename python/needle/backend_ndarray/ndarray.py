@@ -210,13 +210,18 @@ class NDArray:
 
     @property
     def flat(self) -> "NDArray":
-        """A 1-D view of a compact array (writes go through to this array)."""
+        """A 1-D view of a row-major array (writes go through to this array)."""
+        if not self._array.flags.c_contiguous:
+            raise ValueError(f"NDArray.flat: needs a row-major (compact) array; this one has "
+                             f"shape {self.shape} and strides {self.strides}: call compact()")
         return self._view(self._array.reshape(-1))
 
     # ---- indexing (course semantics: ints keep their axis) ------------------------------
     def process_slice(self, sl, dim):
         """A slice with explicit non-negative start, stop and step for axis `dim`."""
         start, stop, step = sl.indices(self.shape[dim])
+        if step < 0 and stop < 0:  # running past index 0: no explicit stop expresses it
+            return slice(start, None, step)
         return slice(start, stop, step)
 
     def _as_slices(self, idxs):

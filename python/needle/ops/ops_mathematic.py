@@ -15,9 +15,9 @@ from ..autograd import NDArray, Tensor, TensorOp
 # ---- helpers --------------------------------------------------------------------------------
 def _scalar(s):
     """A Python number from a number, a NumPy scalar or a one-element array."""
-    if isinstance(s, (int, float)):
+    if type(s) is int or type(s) is float:
         return s
-    if isinstance(s, (np.ndarray, np.generic)):
+    if isinstance(s, (np.ndarray, np.generic)):  # NumPy scalars would promote float32
         if s.size != 1:
             raise ValueError(f"scalar op: expected a single number, got an array of shape "
                              f"{s.shape}")
