@@ -49,6 +49,9 @@ class GetItem(TensorOp):
     def gradient(self, out_grad, node):
         return ScatterAdd(self.index, node.inputs[0].shape)(out_grad)
 
+    def gradient_nd(self, g, node):
+        return (ScatterAdd(self.index, node.inputs[0].cached_data.shape).compute(g),)
+
 
 class ScatterAdd(TensorOp):
     """zeros(shape) with `values` added at `index`: the adjoint of getitem (repeats add up)."""

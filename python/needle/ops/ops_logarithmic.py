@@ -138,6 +138,14 @@ class SoftmaxCrossEntropy(TensorOp):
         yd = y.realize_cached_data()
         return gz, Tensor.make_const(yd.device.zeros(yd.shape, dtype=yd.dtype))
 
+    def gradient_nd(self, g, node):
+        z = node.inputs[0].cached_data
+        labels = node.inputs[1].cached_data.native.astype(np.int64)
+        p = _softmax(z, (1,)).native
+        p[z.device.xp.arange(p.shape[0]), labels] -= 1
+        p *= g.native / p.shape[0]
+        return NDArray._wrap(p, z.device), None
+
 
 def softmax_cross_entropy(logits, labels):
     return SoftmaxCrossEntropy()(logits, labels)
