@@ -15,6 +15,7 @@ from .backend_ndarray import (
 from . import autograd, ops
 from .ops import *  # noqa: F401,F403  (the course exposes every op at top level)
 from . import init, nn, data
+from . import optim
 from .init import manual_seed, ones, ones_like, zeros, zeros_like
 
 __version__ = "0.1.0"

@@ -1,0 +1,403 @@
+"""Optimizers, learning-rate schedules and gradient clipping.
+
+Every optimizer is a stateful class over a plain update rule. Updates happen in place on each
+parameter's native device array (`p.cached_data.native`), outside the autograd graph: a step
+creates no Tensor, never touches `p.grad`, and a training loop does not grow memory.
+
+Update rules (course conventions where the course has one, PyTorch's otherwise):
+
+- SGD: `g = grad + wd*p; u = m*u + (1-m)*g; p -= lr*u` (u starts at 0); Nesterov uses
+  `p -= lr*(m*u + (1-m)*g)`.
+- Adam: `t += 1` per `step()`; `g = grad + wd*p`; `m = b1*m + (1-b1)*g`;
+  `v = b2*v + (1-b2)*g^2`; `p -= lr*(m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)`.
+- AdamW: Adam without `wd` in `g`, and decoupled decay `p -= lr*wd*p` first (PyTorch).
+- AdaGrad, RMSProp: PyTorch's rules (no lr decay; RMSProp not centered).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, List, Optional
+
+import numpy as np
+
+from .autograd import Tensor
+from .backend_ndarray import NDArray
+
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "clip_grad_norm",
+    "LRScheduler", "StepLR", "CosineAnnealing", "LinearWarmup", "OPTIMIZERS",
+]
+
+
+def _writable_native(p: Tensor):
+    """The parameter's native array, made an owned, contiguous, writable array if needed."""
+    data = p.realize_cached_data()
+    native = data.native
+    flags = getattr(native, "flags", None)
+    if flags is not None and not (flags.writeable and flags.c_contiguous and flags.owndata):
+        native = data.device.xp.array(native, order="C")
+        p.cached_data = NDArray._wrap(native, data.device)
+    return native
+
+
+class Optimizer:
+    """Base class: holds the parameter list, the learning rate and per-parameter state.
+
+    `state` maps a parameter to a dict of native arrays (momentum, moments, ...). Subclasses
+    list their hyperparameter names in `hyperparameter_names` (saved by `state_dict`) and
+    implement `_update(p, w, g, state)` on native arrays.
+    """
+
+    hyperparameter_names: tuple = ("lr",)
+
+    def __init__(self, params: Iterable[Tensor], lr: float):
+        self.params: List[Tensor] = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        if lr < 0:
+            raise ValueError(f"{type(self).__name__}: learning rate must be >= 0, got {lr}")
+        self.lr = lr
+        self.state: Dict[Tensor, Dict[str, Any]] = {}
+        self.t = 0  # number of step() calls
+
+    # ---- gradients -------------------------------------------------------------------------
+    def reset_grad(self) -> None:
+        """Set every parameter's `.grad` to None (course name)."""
+        for p in self.params:
+            p.grad = None
+
+    zero_grad = reset_grad
+
+    def clip_grad_norm(self, max_norm: float = 0.25) -> float:
+        """Rescale the gradients so that their global L2 norm is at most `max_norm`."""
+        return clip_grad_norm(self.params, max_norm)
+
+    # ---- the step ----------------------------------------------------------------------------
+    def step(self) -> None:
+        """Update every parameter that has a gradient, in place; `p.grad` is left unchanged."""
+        self.t += 1
+        for p in self.params:
+            if p.grad is None:
+                continue
+            w = _writable_native(p)
+            g = p.grad.realize_cached_data().native
+            if g.shape != w.shape:
+                raise ValueError(f"{type(self).__name__}.step: gradient of shape {g.shape} for a "
+                                 f"parameter of shape {w.shape}")
+            if g.dtype != w.dtype:
+                g = g.astype(w.dtype)
+            state = self.state.get(p)
+            if state is None:
+                state = self.state[p] = {}
+            self._update(w, g, state)
+
+    def _update(self, w, g, state: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # ---- state ---------------------------------------------------------------------------------
+    def hyperparameters(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in self.hyperparameter_names}
+
+    def state_dict(self) -> Dict[str, Any]:
+        """`{"name", "hyperparameters", "t", "state": {param index: {key: numpy array}}}`."""
+        state = {}
+        for i, p in enumerate(self.params):
+            if p in self.state:
+                state[i] = {k: np.array(_to_numpy(v)) for k, v in self.state[p].items()}
+        return {"name": type(self).__name__, "hyperparameters": self.hyperparameters(),
+                "t": self.t, "state": state}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restore what `state_dict` returned (same parameter order and shapes)."""
+        name = state_dict.get("name")
+        if name != type(self).__name__:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state was saved by "
+                             f"{name}")
+        new_state = {}
+        for key, entry in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(self.params):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: parameter index {i} "
+                                 f"out of range for {len(self.params)} parameters")
+            p = self.params[i]
+            xp = p.device.xp
+            arrays = {}
+            for k, v in entry.items():
+                v = np.asarray(v)
+                if v.shape != tuple(p.shape):
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: state {k!r} of "
+                                     f"parameter {i} has shape {v.shape}, the parameter "
+                                     f"{tuple(p.shape)}")
+                arrays[k] = xp.array(v.astype(p.dtype))
+            new_state[p] = arrays
+        for k, v in state_dict["hyperparameters"].items():
+            setattr(self, k, v)
+        self.t = int(state_dict["t"])
+        self.state = new_state
+
+
+def _to_numpy(native) -> np.ndarray:
+    return native.get() if hasattr(native, "get") else native
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with the course's momentum rule (see module docstring)."""
+
+    hyperparameter_names = ("lr", "momentum", "weight_decay", "nesterov")
+
+    def __init__(self, params, lr: float = 0.01, momentum: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False):
+        super().__init__(params, lr)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum}")
+        if nesterov and momentum == 0.0:
+            raise ValueError("SGD: nesterov=True needs a momentum > 0")
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.nesterov = nesterov
+
+    def _update(self, w, g, state):
+        if self.weight_decay:
+            g = g + self.weight_decay * w
+        m = self.momentum
+        if m == 0.0:
+            w -= self.lr * g
+            return
+        u = state.get("u")
+        if u is None:
+            u = state["u"] = (1.0 - m) * g
+        else:
+            u *= m
+            u += (1.0 - m) * g
+        if self.nesterov:
+            w -= self.lr * (m * u + (1.0 - m) * g)
+        else:
+            w -= self.lr * u
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; weight decay is added to the gradient (course rule)."""
+
+    hyperparameter_names = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    decoupled = False
+
+    def __init__(self, params, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        for name, b in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"{type(self).__name__}: {name} must be in [0, 1), got {b}")
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.weight_decay = weight_decay
+
+    def _update(self, w, g, state):
+        if self.weight_decay:
+            if self.decoupled:
+                w *= 1.0 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * w
+        b1, b2 = self.beta1, self.beta2
+        m = state.get("m")
+        if m is None:
+            m = state["m"] = w * 0
+            v = state["v"] = w * 0
+        else:
+            v = state["v"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        bc1 = 1.0 - b1 ** self.t
+        bc2 = 1.0 - b2 ** self.t
+        denom = v / bc2
+        denom **= 0.5
+        denom += self.eps
+        w -= (self.lr / bc1) * m / denom
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (`p -= lr*wd*p` before the Adam update), as PyTorch."""
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(params, lr, beta1, beta2, eps, weight_decay)
+
+
+class AdaGrad(Optimizer):
+    """AdaGrad: `s += g^2; p -= lr*g/(sqrt(s)+eps)`; weight decay added to the gradient."""
+
+    hyperparameter_names = ("lr", "eps", "weight_decay")
+
+    def __init__(self, params, lr: float = 0.01, eps: float = 1e-10, weight_decay: float = 0.0):
+        super().__init__(params, lr)
+        self.eps = eps
+        self.weight_decay = weight_decay
+
+    def _update(self, w, g, state):
+        if self.weight_decay:
+            g = g + self.weight_decay * w
+        s = state.get("sum")
+        if s is None:
+            s = state["sum"] = w * 0
+        s += g * g
+        denom = s ** 0.5
+        denom += self.eps
+        w -= self.lr * g / denom
+
+
+class RMSProp(Optimizer):
+    """RMSProp (PyTorch rule): `s = a*s + (1-a)*g^2; p -= lr*g/(sqrt(s)+eps)` (+ momentum)."""
+
+    hyperparameter_names = ("lr", "alpha", "eps", "weight_decay", "momentum")
+
+    def __init__(self, params, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8,
+                 weight_decay: float = 0.0, momentum: float = 0.0):
+        super().__init__(params, lr)
+        self.alpha = alpha
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.momentum = momentum
+
+    def _update(self, w, g, state):
+        if self.weight_decay:
+            g = g + self.weight_decay * w
+        s = state.get("square_avg")
+        if s is None:
+            s = state["square_avg"] = w * 0
+        s *= self.alpha
+        s += (1.0 - self.alpha) * (g * g)
+        denom = s ** 0.5
+        denom += self.eps
+        if self.momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = w * 0
+            buf *= self.momentum
+            buf += g / denom
+            w -= self.lr * buf
+        else:
+            w -= self.lr * g / denom
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": AdaGrad,
+              "rmsprop": RMSProp}
+
+
+def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
+    """Scale all gradients by `max_norm / total_norm` when the global L2 norm exceeds it.
+
+    Returns the total norm before clipping. Gradients are replaced by new constant Tensors
+    (never modified in place: two parameters may share one gradient array).
+    """
+    params = [p for p in params if p.grad is not None]
+    total = 0.0
+    for p in params:
+        g = p.grad.realize_cached_data().native
+        total += float((g * g).sum())
+    total = math.sqrt(total)
+    if total > max_norm:
+        scale = max_norm / (total + 1e-6)
+        for p in params:
+            data = p.grad.realize_cached_data()
+            p.grad = Tensor.make_const(NDArray._wrap(data.native * scale, data.device))
+    return total
+
+
+# ---- learning-rate schedules -------------------------------------------------------------------
+
+class LRScheduler:
+    """Sets `optimizer.lr = base_lr * factor(t)` after each `step()` (t counts the calls).
+
+    Call `step()` once per epoch or once per batch, as the schedule's unit is meant.
+    Schedules compose: `LinearWarmup(opt, 5, after=CosineAnnealing(opt, 95))`.
+    """
+
+    def __init__(self, optimizer: Optimizer):
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_step = 0
+
+    def factor(self, t: int) -> float:
+        raise NotImplementedError
+
+    def lr_at(self, t: int) -> float:
+        return self.base_lr * self.factor(t)
+
+    def step(self) -> None:
+        self.last_step += 1
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"base_lr": self.base_lr, "last_step": self.last_step}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.base_lr = float(state["base_lr"])
+        self.last_step = int(state["last_step"])
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+
+class StepLR(LRScheduler):
+    """lr = base_lr * gamma^(t // step_size) (PyTorch's StepLR)."""
+
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
+        super().__init__(optimizer)
+        if step_size < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
+        self.step_size = step_size
+        self.gamma = gamma
+
+    def factor(self, t):
+        return self.gamma ** (t // self.step_size)
+
+
+class CosineAnnealing(LRScheduler):
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2, held after T_max."""
+
+    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803 (PyTorch)
+        super().__init__(optimizer)
+        if T_max < 1:
+            raise ValueError(f"CosineAnnealing: T_max must be >= 1, got {T_max}")
+        self.T_max = T_max
+        self.eta_min = eta_min
+
+    def lr_at(self, t):
+        t = min(t, self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (
+            1 + math.cos(math.pi * t / self.T_max)) / 2
+
+    def factor(self, t):
+        return self.lr_at(t) / self.base_lr if self.base_lr else 0.0
+
+
+class LinearWarmup(LRScheduler):
+    """Linear ramp from `start_factor*base_lr` to base_lr over `warmup_steps`, then `after`.
+
+    During warm-up the factor is `start_factor + (1 - start_factor) * t / warmup_steps` (as
+    PyTorch's LinearLR); from t = warmup_steps on, the lr is `after.lr_at(t - warmup_steps)`
+    (or base_lr when `after` is None).
+    """
+
+    def __init__(self, optimizer, warmup_steps: int, after: Optional[LRScheduler] = None,
+                 start_factor: float = 0.0):
+        super().__init__(optimizer)
+        if warmup_steps < 1:
+            raise ValueError(f"LinearWarmup: warmup_steps must be >= 1, got {warmup_steps}")
+        self.warmup_steps = warmup_steps
+        self.after = after
+        self.start_factor = start_factor
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, t):
+        if t < self.warmup_steps:
+            return self.base_lr * (self.start_factor
+                                   + (1 - self.start_factor) * t / self.warmup_steps)
+        if self.after is None:
+            return self.base_lr
+        return self.after.lr_at(t - self.warmup_steps)
+
+    def factor(self, t):
+        return self.lr_at(t) / self.base_lr if self.base_lr else 0.0
