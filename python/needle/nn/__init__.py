@@ -4,3 +4,8 @@ from .nn_basic import (
     GELU, BatchNorm1d, Dropout, Flatten, Identity, LayerNorm, LayerNorm1d, Linear, Module,
     MSELoss, Parameter, ReLU, Residual, Sequential, Sigmoid, SoftmaxLoss, Tanh,
 )
+from . import functional_conv
+from .nn_conv import (
+    ELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv, ConvTranspose, GroupNorm,
+    InstanceNorm2d, LeakyReLU, MaxPool2d, Softplus, Softsign,
+)

@@ -1,4 +1,8 @@
 """Every differentiable op: a class with `compute` and `gradient`, and a lowercase function."""
+from .ops_conv import (
+    AvgPool2d, AvgPool2dAdjoint, Conv, GatherFlat, MaxPool2d, ScatterFlat, avg_pool2d, conv,
+    max_pool2d,
+)
 from .ops_indexing import (
     Dilate, Flip, GetItem, Pad, ScatterAdd, UnDilate, dilate, flip, getitem, pad, scatter_add,
     undilate,
