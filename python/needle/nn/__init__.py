@@ -9,3 +9,4 @@ from .nn_conv import (
     ELU, AdaptiveAvgPool2d, AvgPool2d, BatchNorm2d, Conv, ConvTranspose, GroupNorm,
     InstanceNorm2d, LeakyReLU, MaxPool2d, Softplus, Softsign,
 )
+from .nn_distributed import SyncBatchNorm, convert_sync_batchnorm

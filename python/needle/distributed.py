@@ -1,0 +1,385 @@
+"""Data-parallel training over MPI (through mpi4py): the same model on N processes.
+
+Every process holds a full copy of the model and reads its own shard of the data; after each
+backward pass, `allreduce_gradients` averages the gradients across processes with a few large
+`Allreduce` calls on contiguous NumPy buckets, so every copy takes the same optimizer step and
+the run equals one process training on the global batch (the sum of the local ones).
+
+Works unchanged as a plain process (world size 1, nothing is imported or sent) and under
+`mpiexec -n N` / `srun`::
+
+    import needle.distributed as dist
+    dist.init()                                   # no-op outside an MPI launcher
+    model = DistributedDataParallel(model)        # broadcasts rank 0's weights
+    sampler = dist.distributed_sampler(train_set, seed=0)
+    loader = DataLoader(train_set, batch_size=local_batch, sampler=sampler)
+    for x, y in loader:
+        loss = loss_fn(model(x), y)
+        opt.reset_grad(); loss.backward()
+        model.allreduce_gradients()               # average over ranks, in a few buckets
+        opt.step()
+
+mpi4py is imported lazily, only when `init()` finds the process started by an MPI launcher
+(or `NEEDLE_DISTRIBUTED=1`), so `import needle` never initializes MPI. Gradients of `cuda()`
+arrays are packed on the device, staged through one host buffer per bucket and copied back;
+CUDA-aware MPI (device pointers handed to MPI) is future work.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+import traceback
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+
+from .autograd import Tensor
+from .backend_ndarray import NDArray
+
+__all__ = [
+    "init", "is_initialized", "is_distributed", "rank", "world_size", "is_main_process",
+    "barrier", "get_comm", "allreduce_array", "broadcast_object", "allgather_object",
+    "broadcast_parameters", "allreduce_gradients", "DistributedDataParallel",
+    "distributed_sampler", "install_excepthook", "abort", "mpiexec_command", "comm_stats",
+    "reset_comm_stats", "DEFAULT_BUCKET_BYTES",
+]
+
+DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # as PyTorch DDP: few calls, overlap-friendly sizes
+
+# Environment variables that MPI launchers set in every process they start (MPICH/Hydra,
+# Open MPI, PMIx, Intel MPI, MVAPICH, Slurm's srun with PMI).
+_LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
+                  "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE", "HYDI_CONTROL_FD")
+
+_state: Dict[str, Any] = {"initialized": False, "comm": None, "MPI": None,
+                          "rank": 0, "size": 1}
+
+comm_stats: Dict[str, float] = {"calls": 0, "bytes": 0, "seconds": 0.0}
+"""Counters of the collective calls made here: number, payload bytes, wall seconds."""
+
+
+def reset_comm_stats() -> None:
+    comm_stats.update(calls=0, bytes=0, seconds=0.0)
+
+
+def _launched_by_mpi() -> bool:
+    flag = os.environ.get("NEEDLE_DISTRIBUTED")
+    if flag is not None:
+        return flag.strip().lower() not in ("0", "false", "no", "off", "")
+    if any(v in os.environ for v in _LAUNCHER_VARS):
+        return True
+    # srun without PMI variables still tells us the task count
+    return int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_PROCID" in os.environ
+
+
+def init() -> int:
+    """Join the MPI job this process was started in; return the world size.
+
+    A plain process (no MPI launcher in the environment, or mpi4py not installed) gets world
+    size 1 and rank 0 without importing mpi4py. Calling `init()` again is a no-op.
+    Set `NEEDLE_DISTRIBUTED=0` to force a single process, `=1` to force MPI.
+    """
+    if _state["initialized"]:
+        return _state["size"]
+    _state["initialized"] = True
+    if not _launched_by_mpi():
+        return 1
+    try:
+        from mpi4py import MPI  # noqa: PLC0415 (optional dependency, imported lazily)
+    except ImportError:
+        if int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1:
+            raise RuntimeError("needle.distributed.init: started by an MPI launcher with "
+                               "several processes, but mpi4py is not installed; "
+                               "pip install 'needle[mpi]'") from None
+        return 1
+    comm = MPI.COMM_WORLD
+    _state.update(comm=comm, MPI=MPI, rank=comm.Get_rank(), size=comm.Get_size())
+    return _state["size"]
+
+
+def is_initialized() -> bool:
+    return _state["initialized"]
+
+
+def get_comm():
+    """The mpi4py communicator (COMM_WORLD), or None in a single plain process."""
+    init()
+    return _state["comm"]
+
+
+def rank() -> int:
+    """This process's index in 0..world_size()-1 (0 in a plain process)."""
+    init()
+    return _state["rank"]
+
+
+def world_size() -> int:
+    """The number of processes in the job (1 in a plain process)."""
+    init()
+    return _state["size"]
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def is_main_process() -> bool:
+    """True on rank 0: the one process that prints, writes metrics and saves checkpoints."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait until every process reaches this point (no-op with one process)."""
+    if is_distributed():
+        _state["comm"].Barrier()
+
+
+def abort(code: int = 1) -> None:
+    """End every process of the job now (MPI_Abort), or this one if there is no job."""
+    comm = _state["comm"]
+    if comm is not None and _state["size"] > 1:
+        comm.Abort(code)
+    os._exit(code)
+
+
+def install_excepthook() -> None:
+    """Make an uncaught exception on any rank end the whole job within seconds.
+
+    The hook prints `rank R failed: <traceback>` to stderr and calls `MPI_Abort`, so the other
+    ranks (possibly blocked in a collective) are killed instead of waiting forever and
+    `mpiexec` exits non-zero. No-op with one process.
+    """
+    if not is_distributed():
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, KeyboardInterrupt):
+            previous(exc_type, exc, tb)
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        sys.stderr.write(f"rank {rank()} failed: {exc_type.__name__}: {exc}\n{text}")
+        sys.stderr.flush()
+        abort(1)
+
+    sys.excepthook = hook
+
+
+def mpiexec_command(n: int, python: Optional[str] = None) -> List[str]:
+    """The command prefix that starts `n` local processes, e.g. `[mpiexec, "-n", "2"]`.
+
+    Prefers the `mpiexec` installed beside this Python (the `mpich` wheel of `needle[mpi]`),
+    then one on PATH. Raises FileNotFoundError when there is none.
+    """
+    bindir = os.path.dirname(python or sys.executable)
+    candidates = [os.path.join(bindir, "mpiexec"), shutil.which("mpiexec") or ""]
+    for exe in candidates:
+        if exe and os.access(exe, os.X_OK):
+            return [exe, "-n", str(int(n))]
+    raise FileNotFoundError("needle.distributed.mpiexec_command: no mpiexec found beside "
+                            f"{sys.executable} or on PATH; pip install 'needle[mpi]'")
+
+
+# ---- collectives ---------------------------------------------------------------------------
+
+def _timed(fn, nbytes: int):
+    t0 = time.perf_counter()
+    fn()
+    comm_stats["seconds"] += time.perf_counter() - t0
+    comm_stats["calls"] += 1
+    comm_stats["bytes"] += nbytes
+
+
+def allreduce_array(array: np.ndarray, op: str = "sum") -> np.ndarray:
+    """Reduce a contiguous NumPy array across ranks in place (`op` in sum/max/min); returns it."""
+    if not is_distributed():
+        return array
+    if not (isinstance(array, np.ndarray) and array.flags.c_contiguous):
+        raise TypeError("allreduce_array: needs a C-contiguous numpy array, got "
+                        f"{type(array).__name__}")
+    MPI = _state["MPI"]
+    mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+    _timed(lambda: _state["comm"].Allreduce(MPI.IN_PLACE, array, op=mpi_op), array.nbytes)
+    return array
+
+
+def broadcast_object(obj: Any, root: int = 0) -> Any:
+    """Rank `root`'s Python object on every rank (pickled: for small things, not tensors)."""
+    if not is_distributed():
+        return obj
+    return _state["comm"].bcast(obj, root=root)
+
+
+def allgather_object(obj: Any) -> List[Any]:
+    """Every rank's object, as a list indexed by rank (pickled: for small things)."""
+    if not is_distributed():
+        return [obj]
+    return _state["comm"].allgather(obj)
+
+
+def _to_host(native) -> np.ndarray:
+    return native.get() if hasattr(native, "get") else np.asarray(native)
+
+
+def _pack(natives: Sequence, sizes: Sequence[int], dtype, xp,
+          extra: Optional[np.ndarray] = None) -> np.ndarray:
+    """One contiguous host buffer: every array of `natives` (None = zeros), then `extra`."""
+    total = int(sum(sizes))
+    n_extra = 0 if extra is None else extra.size
+    if xp is np:
+        buf = np.empty(total + n_extra, dtype=dtype)
+        off = 0
+        for a, n in zip(natives, sizes):
+            if a is None:
+                buf[off:off + n] = 0
+            else:
+                np.copyto(buf[off:off + n], np.ravel(a), casting="same_kind")
+            off += n
+    else:
+        # device arrays: pack on the device, then one transfer to the host
+        parts = [xp.zeros(n, dtype=dtype) if a is None
+                 else xp.ravel(a).astype(dtype, copy=False) for a, n in zip(natives, sizes)]
+        host = _to_host(xp.concatenate(parts))
+        if not n_extra:
+            return host
+        buf = np.empty(total + n_extra, dtype=dtype)
+        buf[:total] = host
+    if n_extra:
+        buf[total:] = extra
+    return buf
+
+
+def _buckets(tensors: Sequence[Tensor], bucket_bytes: int) -> List[List[int]]:
+    """Indices of `tensors` grouped by device and dtype, each group cut at `bucket_bytes`."""
+    groups: Dict[tuple, List[int]] = {}
+    for i, t in enumerate(tensors):
+        data = t.realize_cached_data()
+        groups.setdefault((str(data.device), np.dtype(data.dtype).str), []).append(i)
+    out = []
+    for idx in groups.values():
+        bucket, size = [], 0
+        for i in idx:
+            nbytes = tensors[i].realize_cached_data().native.nbytes
+            if bucket and size + nbytes > bucket_bytes:
+                out.append(bucket)
+                bucket, size = [], 0
+            bucket.append(i)
+            size += nbytes
+        out.append(bucket)
+    return out
+
+
+def broadcast_parameters(model, root: int = 0) -> None:
+    """Overwrite every parameter and buffer of `model` with rank `root`'s values, in place.
+
+    One `Bcast` per device/dtype group (all tensors packed into one buffer). `model` is a
+    Module or a list of Tensors. No-op with one process.
+    """
+    if not is_distributed():
+        return
+    if hasattr(model, "named_parameters"):
+        tensors = [p for _, p in model.named_parameters()]
+        tensors += [b for _, b in model.named_buffers()]
+    else:
+        tensors = list(model)
+    for bucket in _buckets(tensors, 2 ** 62):
+        datas = [tensors[i].realize_cached_data() for i in bucket]
+        xp = datas[0].device.xp
+        sizes = [d.size for d in datas]
+        buf = _pack([d.native for d in datas], sizes, datas[0].dtype, xp)
+        _timed(lambda: _state["comm"].Bcast(buf, root=root), buf.nbytes)
+        off = 0
+        for i, d, n in zip(bucket, datas, sizes):
+            value = buf[off:off + n].reshape(d.shape)
+            off += n
+            native = d.native
+            if xp is np and native.flags.writeable:
+                native[...] = value
+            else:
+                tensors[i].cached_data = NDArray._wrap(xp.array(value), d.device)
+
+
+def allreduce_gradients(model, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                        average: bool = True) -> None:
+    """Average (or sum) `.grad` of every parameter across ranks with one Allreduce per bucket.
+
+    Gradients are packed into contiguous host buffers of about `bucket_bytes` (one per
+    device/dtype group and size cut), reduced in place through the buffer protocol, scaled
+    by 1/world_size and handed back as views of the reduced buffer (new constant Tensors).
+    A parameter without a gradient on some rank counts as zero there; it keeps `grad=None`
+    only when no rank has a gradient for it (every rank calls this in the same order, so the
+    buffers line up). `model` is a Module or a list of parameters. No-op with one process.
+    """
+    if not is_distributed():
+        return
+    params = model.parameters() if hasattr(model, "parameters") else list(model)
+    if not params:
+        return
+    MPI, comm, size = _state["MPI"], _state["comm"], _state["size"]
+    buckets = _buckets(params, bucket_bytes)
+    for bucket in buckets:
+        datas = [params[i].realize_cached_data() for i in bucket]
+        device = datas[0].device
+        xp = device.xp
+        grads = [None if params[i].grad is None else params[i].grad.realize_cached_data().native
+                 for i in bucket]
+        sizes = [d.size for d in datas]
+        flags = [0.0 if g is None else 1.0 for g in grads]
+        # the "has a gradient" flags travel in the same call, after the values
+        buf = _pack(grads, sizes, datas[0].dtype, xp, extra=np.asarray(flags))
+        _timed(lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), buf.nbytes)
+        n_values = int(sum(sizes))
+        if average:
+            buf[:n_values] *= buf.dtype.type(1.0 / size)
+        values = buf[:n_values] if xp is np else xp.asarray(buf[:n_values])
+        off = 0
+        for i, d, n, flag in zip(bucket, datas, sizes, buf[n_values:]):
+            if flag > 0:
+                g = values[off:off + n].reshape(d.shape)
+                params[i].grad = Tensor.make_const(NDArray._wrap(g, device))
+            off += n
+
+
+class DistributedDataParallel:
+    """Wrap a Module for data-parallel training: same calls, gradients averaged on demand.
+
+    On construction, rank 0's parameters and buffers are broadcast to every rank. Calling the
+    wrapper runs the module; after `loss.backward()`, call `allreduce_gradients()` (the
+    trainer's after-backward hook does) before the optimizer step. Attributes not found on the
+    wrapper (parameters(), train(), state_dict(), ...) come from the wrapped `module`, so
+    checkpoints have the same keys as the plain model's.
+    """
+
+    def __init__(self, module, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 broadcast: bool = True):
+        init()
+        self.module = module
+        self.bucket_bytes = int(bucket_bytes)
+        if broadcast:
+            broadcast_parameters(module)
+
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    forward = __call__
+
+    def allreduce_gradients(self) -> None:
+        allreduce_gradients(self.module, self.bucket_bytes)
+
+    def __getattr__(self, name):
+        if name == "module":  # not yet set: avoid recursion during unpickling
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+
+def distributed_sampler(dataset, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
+    """A `needle.data.DistributedSampler` for this process's rank and the job's world size."""
+    from .data import DistributedSampler  # noqa: PLC0415 (data imports are heavier)
+    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(),
+                              shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
+def gradient_bytes(params: Iterable[Tensor]) -> int:
+    """Bytes one `allreduce_gradients` call sends into the reduction (values only)."""
+    return int(sum(p.realize_cached_data().native.nbytes for p in params))
