@@ -10,3 +10,4 @@ from .nn_conv import (
     InstanceNorm2d, LeakyReLU, MaxPool2d, Softplus, Softsign,
 )
 from .nn_distributed import SyncBatchNorm, convert_sync_batchnorm
+from .nn_sequence import GRU, LSTM, RNN, Embedding, GRUCell, LSTMCell, RNNCell

@@ -20,6 +20,9 @@ from .ops_mathematic import (
     summation, tanh, to_device, transpose,
 )
 from .ops_norm import Standardize, standardize
+from .ops_sequence import (
+    GRULayer, LSTMLayer, RNNLayer, gru_layer, lstm_layer, rnn_layer,
+)
 from .ops_tuple import (
     MakeTensorTuple, Split, Stack, TupleGetItem, make_tuple, split, stack, tuple_get_item,
 )
