@@ -1,0 +1,117 @@
+"""The `needle` command: `needle train ...` and `needle eval CHECKPOINT`.
+
+Errors the user can fix (bad flags, missing data, corrupt checkpoints) print one line on
+stderr and exit with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from . import optim, train
+from .serialization import CheckpointError
+
+# ---- plugins: each line imports a module that registers datasets/models/tasks in needle.train --
+# (conv, sequence and distributed engineers add one line each here)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints the whole usage otherwise)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="needle", description="Train and evaluate needle models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    t = sub.add_parser("train", help="train a model")
+    t.add_argument("--model", default="mlp-resnet", choices=sorted(train.MODELS))
+    t.add_argument("--dataset", default="mnist-small", choices=sorted(train.DATASETS))
+    t.add_argument("--data-dir", default=None, help="folder holding the dataset files")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--optimizer", default="adam", choices=sorted(optim.OPTIMIZERS))
+    t.add_argument("--lr", type=float, default=0.002)
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--hidden-dim", type=int, default=100)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/latest", help="output folder")
+    t.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint (e.g. OUT/last.safetensors)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = sub.add_parser("eval", help="evaluate a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--dataset", default=None, choices=sorted(train.DATASETS))
+    e.add_argument("--data-dir", default=None)
+    return parser
+
+
+def _check_train_args(parser, args) -> None:
+    for name in ("epochs", "batch_size", "hidden_dim"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.lr <= 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+
+
+def _train(args) -> None:
+    from tqdm import tqdm
+
+    state = {}
+
+    def on_start(trainer, start_epoch):
+        state["trainer"] = trainer
+
+    def on_batch(trainer, loss, n, correct):
+        bar = state.get("bar")
+        if bar is None:
+            if not trainer.is_main:
+                return
+            bar = state["bar"] = tqdm(total=len(trainer.train_data), leave=False,
+                                      desc=f"epoch {trainer.epoch + 1}/{args.epochs}",
+                                      disable=args.no_progress, file=sys.stderr)
+            state["sums"] = [0.0, 0, 0]
+        s = state["sums"]
+        s[0] += loss * n
+        s[1] += correct
+        s[2] += n
+        bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.4f}", refresh=False)
+        bar.update(1)
+
+    def on_epoch(trainer, record):
+        bar = state.pop("bar", None)
+        if bar is not None:
+            bar.close()
+        if trainer.is_main:
+            print(f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} "
+                  f"acc {record['train_accuracy']:.4f}  valid loss {record['eval_loss']:.4f} "
+                  f"acc {record['eval_accuracy']:.4f}  ({record['seconds']:.1f}s)", flush=True)
+
+    record = train.run_training(args, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
+    if state["trainer"].is_main:
+        print(f"done: validation accuracy {record.get('eval_accuracy', float('nan')):.4f}; "
+              f"metrics, curves.png and checkpoints in {args.out}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            _check_train_args(parser, args)
+            _train(args)
+        else:
+            print(json.dumps(train.evaluate_checkpoint(args.checkpoint, args)))
+    except (FileNotFoundError, CheckpointError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"needle: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("needle: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
