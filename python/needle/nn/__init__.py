@@ -11,3 +11,6 @@ from .nn_conv import (
 )
 from .nn_distributed import SyncBatchNorm, convert_sync_batchnorm
 from .nn_sequence import GRU, LSTM, RNN, Embedding, GRUCell, LSTMCell, RNNCell
+from .nn_transformer import (
+    MultiheadAttention, PositionalEmbedding, Transformer, TransformerEncoderLayer,
+)

@@ -1,4 +1,5 @@
 """Every differentiable op: a class with `compute` and `gradient`, and a lowercase function."""
+from .ops_attention import ScaledDotProductAttention, scaled_dot_product_attention
 from .ops_conv import (
     AvgPool2d, AvgPool2dAdjoint, Conv, GatherFlat, MaxPool2d, ScatterFlat, avg_pool2d, conv,
     max_pool2d,

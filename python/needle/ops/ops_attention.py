@@ -1,0 +1,121 @@
+"""Scaled dot-product attention as one fused op (PyTorch's `F.scaled_dot_product_attention`).
+
+softmax(q k^T * scale + mask) v over the last axis, computed stably once. The gradient is
+written by hand: with P the attention weights and dO the output gradient,
+dV = P^T dO, dS = P * (dO V^T - rowsum(dO V^T * P)), dQ = dS K * scale, dK = dS^T Q * scale;
+`gradient` builds it from ops (differentiable again), `gradient_nd` on native arrays.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..autograd import NDArray, Tensor, TensorOp
+from .ops_logarithmic import softmax
+from .ops_mathematic import broadcast_to, matmul, summation, transpose
+
+
+def _additive_mask(mask, is_causal: bool, L: int, S: int, device, dtype):
+    """The mask as a native additive array (0 or -inf / the float mask), or None."""
+    xp = device.xp
+    out = None
+    if mask is not None:
+        m = mask.realize_cached_data() if isinstance(mask, Tensor) else mask
+        m = m.native if isinstance(m, NDArray) else xp.asarray(m)
+        if m.dtype == np.bool_:
+            out = xp.where(m, 0.0, -np.inf).astype(dtype)  # True = may attend (PyTorch SDPA)
+        else:
+            out = m.astype(dtype)
+    if is_causal:
+        causal = xp.triu(xp.full((L, S), -np.inf, dtype=dtype), k=1)
+        out = causal if out is None else out + causal
+    return out
+
+
+class ScaledDotProductAttention(TensorOp):
+    """q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
+
+    `mask` is a constant: boolean (True = may attend) or float (added to the scores), of a
+    shape broadcastable to (..., L, S). `is_causal` masks positions j > i.
+    """
+
+    __slots__ = ("mask", "is_causal", "scale")
+
+    def __init__(self, mask=None, is_causal: bool = False, scale=None):
+        self.mask = mask  # native additive array or None (set by the function below)
+        self.is_causal = is_causal
+        self.scale = scale
+
+    def _check(self, q: NDArray, k: NDArray, v: NDArray):
+        if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
+            raise ValueError(f"scaled_dot_product_attention: q, k, v must have the same rank "
+                             f">= 2, got {q.shape}, {k.shape}, {v.shape}")
+        if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or \
+                q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+            raise ValueError(f"scaled_dot_product_attention: expected q (..., L, E), "
+                             f"k (..., S, E), v (..., S, Ev), got {q.shape}, {k.shape}, "
+                             f"{v.shape}")
+
+    def _scale(self, q_shape) -> float:
+        return self.scale if self.scale is not None else 1.0 / math.sqrt(q_shape[-1])
+
+    def _probs(self, q: NDArray, k: NDArray):
+        xp = q.device.xp
+        qn, kn = q.native, k.native
+        s = qn @ xp.swapaxes(kn, -1, -2)
+        s *= self._scale(q.shape)
+        if self.mask is not None:
+            s += self.mask
+        m = s.max(axis=-1, keepdims=True)
+        m = xp.where(xp.isfinite(m), m, 0)  # fully masked rows give zeros, not nan
+        s -= m
+        xp.exp(s, out=s)
+        total = s.sum(axis=-1, keepdims=True)
+        s /= xp.where(total == 0, 1, total)
+        return s
+
+    def compute(self, q: NDArray, k: NDArray, v: NDArray):
+        self._check(q, k, v)
+        return NDArray._wrap(self._probs(q, k) @ v.native, q.device)
+
+    def gradient_nd(self, g: NDArray, node):
+        q, k, v = (x.cached_data for x in node.inputs)
+        xp = q.device.xp
+        p = self._probs(q, k)
+        gn = g.native
+        dv = xp.swapaxes(p, -1, -2) @ gn
+        dp = gn @ xp.swapaxes(v.native, -1, -2)
+        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+        ds *= self._scale(q.shape)
+        dq = ds @ k.native
+        dk = xp.swapaxes(ds, -1, -2) @ q.native
+        dev = q.device
+        return NDArray._wrap(dq, dev), NDArray._wrap(dk, dev), NDArray._wrap(dv, dev)
+
+    def gradient(self, out_grad, node):
+        q, k, v = node.inputs
+        scale = self._scale(q.shape)
+        s = matmul(q, transpose(k)) * scale
+        if self.mask is not None:
+            data = q.realize_cached_data()
+            mask = NDArray._wrap(data.device.xp.broadcast_to(self.mask, s.shape), data.device)
+            s = s + Tensor.make_const(mask)
+        p = softmax(s, -1)
+        dv = matmul(transpose(p), out_grad)
+        dp = matmul(out_grad, transpose(v))
+        inner = broadcast_to(summation(dp * p, -1, keepdims=True), p.shape)
+        ds = p * (dp - inner) * scale
+        return matmul(ds, k), matmul(transpose(ds), q), dv
+
+
+def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None):
+    """softmax(q k^T / sqrt(E) + mask) v; PyTorch's F.scaled_dot_product_attention semantics.
+
+    q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev). A boolean `mask` marks the
+    positions that may be attended (True); a float mask is added to the scores.
+    """
+    data = q.realize_cached_data()
+    additive = _additive_mask(mask, is_causal, q.shape[-2], k.shape[-2], data.device,
+                              data.dtype)
+    return ScaledDotProductAttention(additive, is_causal, scale)(q, k, v)
