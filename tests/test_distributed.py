@@ -1,0 +1,290 @@
+"""needle.distributed and SyncBatchNorm: single-process semantics in-process, and real
+`mpiexec -n 2` jobs (helper scripts in tests/mpi_scripts/) compared with one process.
+
+The MPI tests start subprocesses with a timeout and skip cleanly without mpi4py or mpiexec.
+"""
+import os
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+import needle as ndl
+import needle.distributed as dist
+from needle import nn
+from needle.models import MLPResNet
+from needle.nn.nn_distributed import SyncStandardize
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPTS = os.path.join(HERE, "mpi_scripts")
+TIMEOUT = 60
+
+
+# ---- one process: no MPI needed ------------------------------------------------------------
+
+def test_plain_process_is_world_of_one():
+    assert dist.init() == 1
+    assert (dist.rank(), dist.world_size(), dist.is_main_process()) == (0, 1, True)
+    assert dist.get_comm() is None
+    dist.barrier()
+    a = np.arange(3.0)
+    assert dist.allreduce_array(a) is a and a.tolist() == [0.0, 1.0, 2.0]
+    assert dist.broadcast_object({"x": 1}) == {"x": 1}
+    assert dist.allgather_object(5) == [5]
+
+
+def test_import_does_not_load_mpi4py():
+    code = ("import sys; sys.path.insert(0, 'python'); import needle, needle.distributed as d;"
+            "d.init(); assert 'mpi4py' not in sys.modules, 'mpi4py imported'; print(d.rank())")
+    env = {k: v for k, v in os.environ.items() if k not in dist._LAUNCHER_VARS}
+    env.pop("NEEDLE_DISTRIBUTED", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(HERE), env=env,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, False), ({"PMI_RANK": "0"}, True), ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "4"}, True),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, False),
+    ({"PMI_RANK": "0", "NEEDLE_DISTRIBUTED": "0"}, False), ({"NEEDLE_DISTRIBUTED": "1"}, True),
+])
+def test_launcher_detection(monkeypatch, env, expected):
+    for k in dist._LAUNCHER_VARS + ("SLURM_PROCID", "SLURM_NTASKS", "NEEDLE_DISTRIBUTED"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert dist._launched_by_mpi() is expected
+
+
+class _FakeComm:
+    """Stands in for COMM_WORLD of `size` ranks that all hold the same data."""
+
+    def __init__(self, size):
+        self.size = size
+        self.allreduce_sizes = []
+
+    def Allreduce(self, sendbuf, recvbuf, op):  # noqa: N802 (mpi4py name)
+        assert sendbuf == "IN_PLACE" and op == "SUM"
+        assert isinstance(recvbuf, np.ndarray) and recvbuf.flags.c_contiguous
+        self.allreduce_sizes.append(recvbuf.nbytes)
+        recvbuf *= self.size
+
+    def Bcast(self, buf, root=0):  # noqa: N802
+        buf[...] = 7.0
+
+
+@pytest.fixture
+def fake_world(monkeypatch):
+    comm = _FakeComm(4)
+    fake_mpi = types.SimpleNamespace(IN_PLACE="IN_PLACE", SUM="SUM", MAX="MAX", MIN="MIN")
+    monkeypatch.setattr(dist, "_state", {"initialized": True, "comm": comm, "MPI": fake_mpi,
+                                         "rank": 0, "size": 4})
+    dist.reset_comm_stats()
+    return comm
+
+
+def _mlp():
+    ndl.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.BatchNorm1d(64),
+                         nn.Linear(64, 5))
+
+
+def test_allreduce_gradients_packs_few_buckets(fake_world):
+    model = _mlp()
+    x = ndl.Tensor(np.random.default_rng(0).standard_normal((8, 20)).astype(np.float32))
+    nn.SoftmaxLoss()(model(x), ndl.Tensor(np.arange(8) % 5)).backward()
+    params = model.parameters()
+    before = [p.grad.numpy().copy() for p in params]
+    params[-1].grad = None  # a gradient missing on every rank stays missing
+    nbytes = sum(p.numpy().nbytes for p in params)
+    dist.allreduce_gradients(model, bucket_bytes=nbytes // 2)
+    # 2 or 3 calls for 8 parameters, not 8; every value sent once, plus one flag per parameter
+    assert 2 <= len(fake_world.allreduce_sizes) <= 3
+    assert sum(fake_world.allreduce_sizes) == nbytes + 4 * len(params)
+    assert dist.comm_stats["calls"] == len(fake_world.allreduce_sizes)
+    for p, g in zip(params[:-1], before[:-1]):
+        np.testing.assert_allclose(p.grad.numpy(), g, rtol=1e-6)  # mean of 4 equal copies
+    assert params[-1].grad is None
+    fake_world.allreduce_sizes.clear()
+    dist.allreduce_gradients(model)  # default 25 MiB: one call for the whole model
+    assert len(fake_world.allreduce_sizes) == 1
+
+
+def test_broadcast_parameters_writes_in_place(fake_world):
+    model = _mlp()
+    p0 = model.parameters()[0]
+    native = p0.realize_cached_data().native
+    dist.broadcast_parameters(model)
+    assert len(fake_world.allreduce_sizes) == 0 and dist.comm_stats["calls"] == 1
+    assert p0.realize_cached_data().native is native and np.all(native == 7.0)
+    assert np.all(model.modules[3].running_var.numpy() == 7.0)
+
+
+def test_mpiexec_command_finds_launcher():
+    try:
+        cmd = dist.mpiexec_command(3)
+    except FileNotFoundError:
+        pytest.skip("no mpiexec")
+    assert cmd[1:] == ["-n", "3"] and os.access(cmd[0], os.X_OK)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_sync_batchnorm_single_process_is_batchnorm(create_graph):
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((16, 6)).astype(np.float32) * 3 + 1
+    outs = []
+    for cls in (nn.BatchNorm1d, nn.SyncBatchNorm):
+        ndl.manual_seed(0)
+        bn = cls(6)
+        bn.weight = nn.Parameter(ndl.Tensor(rng.standard_normal(6).astype(np.float32) * 0
+                                            + np.linspace(0.5, 2, 6, dtype=np.float32)))
+        x = ndl.Tensor(xs)
+        y = bn(x)
+        (y * y).sum().backward(create_graph=create_graph)
+        outs.append((y.numpy(), x.grad.numpy(), bn.weight.grad.numpy(),
+                     bn.running_mean.numpy(), bn.running_var.numpy()))
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_sync_standardize_matches_standardize_and_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    xs = rng.standard_normal((5, 3, 4, 2)).astype(np.float32)
+    gs = rng.standard_normal(xs.shape).astype(np.float32)
+    axes = (0, 2, 3)
+    x = ndl.Tensor(xs)
+    y = SyncStandardize(axes, 1e-5)(x)
+    y.backward(ndl.Tensor(gs), create_graph=False)
+    fast = x.grad.numpy()
+    x2 = ndl.Tensor(xs)
+    y2 = SyncStandardize(axes, 1e-5)(x2)
+    y2.backward(ndl.Tensor(gs), create_graph=True)  # the graph gradient, made of ops
+    xt = torch.tensor(xs, requires_grad=True)
+    yt = torch.nn.functional.batch_norm(xt, None, None, training=True, eps=1e-5)
+    yt.backward(torch.tensor(gs))
+    np.testing.assert_allclose(y.numpy(), yt.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(fast, xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(x2.grad.numpy(), xt.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_sync_batchnorm_4d_eval_uses_running_stats():
+    ndl.manual_seed(0)
+    bn = nn.SyncBatchNorm(3)
+    xs = np.random.default_rng(3).standard_normal((4, 3, 2, 2)).astype(np.float32)
+    bn(ndl.Tensor(xs))
+    mean = xs.mean(axis=(0, 2, 3))
+    np.testing.assert_allclose(bn.running_mean.numpy(), 0.1 * mean, rtol=1e-5, atol=1e-7)
+    bn.eval()
+    y = bn(ndl.Tensor(xs)).numpy()
+    rm, rv = bn.running_mean.numpy(), bn.running_var.numpy()
+    ref = (xs - rm[None, :, None, None]) / np.sqrt(rv[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="SyncBatchNorm"):
+        bn(ndl.Tensor(np.zeros((4, 5), dtype=np.float32)))
+
+
+def test_convert_sync_batchnorm_keeps_state_dict():
+    model = MLPResNet(8, 16, num_blocks=2, num_classes=3)
+    keys = sorted(model.state_dict())
+    model = nn.convert_sync_batchnorm(model)
+    n_sync = sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules_list())
+    assert n_sync == 4
+    assert sorted(model.state_dict()) == keys
+
+
+# ---- real MPI jobs ----------------------------------------------------------------------------
+
+def _mpiexec(n):
+    pytest.importorskip("mpi4py")
+    try:
+        return dist.mpiexec_command(n)
+    except FileNotFoundError:
+        pytest.skip("mpiexec not found")
+
+
+def _run(cmd, timeout=TIMEOUT):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    env.pop("NEEDLE_DISTRIBUTED", None)
+    return subprocess.run(cmd, cwd=os.path.dirname(HERE), env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    """One 2-process job with local batch 4 and one plain process with batch 8."""
+    mpiexec = _mpiexec(2)
+    tmp = tmp_path_factory.mktemp("ddp")
+    script = os.path.join(SCRIPTS, "ddp_check.py")
+    one, two = str(tmp / "one.npz"), str(tmp / "two.npz")
+    r1 = _run([sys.executable, script, "--local-batch", "8", "--out", one])
+    assert r1.returncode == 0, r1.stderr
+    r2 = _run(mpiexec + [sys.executable, script, "--local-batch", "4", "--out", two])
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    return np.load(one), np.load(two)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("norm", ["syncbn", "layernorm"])
+@pytest.mark.parametrize("graph", [0, 1])
+def test_two_processes_equal_one_with_double_batch(ddp_results, opt, norm, graph):
+    one, two = ddp_results
+    assert int(one["world_size"]) == 1 and int(two["world_size"]) == 2
+    prefix = f"{opt}.{norm}.{graph}."
+    keys = [k for k in one.files if k.startswith(prefix)]
+    assert any(".buf." in k for k in keys) == (norm == "syncbn")
+    for k in keys:
+        np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-5, err_msg=k)
+    # the weights did move (the comparison is not between two untouched initializations), and
+    # rank 1's own initialization (another seed) was replaced by rank 0's broadcast
+    assert np.abs(one[prefix + "p0"] - one[prefix + "init0"]).max() > 1e-2
+
+
+@pytest.mark.mpi
+def test_shards_are_disjoint_and_cover(ddp_results):
+    _, two = ddp_results
+    for drop_last in (0, 1):
+        for epoch in (0, 1):
+            a, b = (two[f"shard.{drop_last}.{epoch}.{r}"] for r in (0, 1))
+            assert len(a) == len(b)
+            if drop_last:
+                assert len(a) == 11 and not set(a) & set(b)
+            else:
+                assert len(a) == 12 and set(a) | set(b) == set(range(23))
+                assert len(set(a) & set(b)) == 1  # one wrap-around sample pads 23 to 24
+    assert not np.array_equal(two["shard.0.0.0"], two["shard.0.1.0"])  # reshuffled per epoch
+
+
+@pytest.mark.mpi
+def test_checkpoint_from_two_processes_resumes_in_one(tmp_path):
+    mpiexec = _mpiexec(2)
+    script = os.path.join(SCRIPTS, "ckpt_resume.py")
+    ckpt = str(tmp_path / "run.safetensors")
+    w = _run(mpiexec + [sys.executable, script, "--phase", "write", "--ckpt", ckpt])
+    assert w.returncode == 0, w.stdout + w.stderr
+    assert sorted(os.listdir(tmp_path)) == ["run.safetensors", "run.safetensors.next_loss.npy"]
+    expected = float(np.load(ckpt + ".next_loss.npy"))
+    r = _run([sys.executable, script, "--phase", "resume", "--ckpt", ckpt])
+    assert r.returncode == 0, r.stderr
+    got = float(r.stdout.split("NEXT_LOSS")[1])
+    assert abs(got - expected) < 1e-5
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("fail_rank", [0, 1])
+def test_failing_rank_ends_the_job(fail_rank):
+    mpiexec = _mpiexec(2)
+    start = time.monotonic()
+    r = _run(mpiexec + [sys.executable, os.path.join(SCRIPTS, "raise_on_rank.py"),
+                        "--fail-rank", str(fail_rank)], timeout=30)
+    elapsed = time.monotonic() - start
+    assert r.returncode != 0
+    assert elapsed < 15
+    out = r.stdout + r.stderr
+    assert f"rank {fail_rank} failed: RuntimeError: injected failure" in out
