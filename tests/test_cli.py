@@ -1,0 +1,76 @@
+"""The `needle` command: a real run on tiny data, eval, and one-line errors with exit code 2."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from needle import cli, train
+from needle.data import MNISTDataset, NDArrayDataset, shipped_mnist_test
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@train.register_dataset("tiny-mnist-cli")
+def _tiny(args):
+    ds = MNISTDataset(*shipped_mnist_test())
+    X, y = ds.images.reshape(len(ds), -1), ds.labels
+    return train.DatasetInfo("tiny-mnist-cli", NDArrayDataset(X[:256], y[:256]),
+                             NDArrayDataset(X[256:384], y[256:384]), input_shape=(784,),
+                             num_classes=10)
+
+
+def _needle(*argv):
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    return subprocess.run([sys.executable, "-m", "needle", *argv], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=120)
+
+
+def test_train_then_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["train", "--dataset", "tiny-mnist-cli", "--epochs", "2", "--batch-size",
+                     "64", "--hidden-dim", "16", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert sorted(os.listdir(out)) == ["best.safetensors", "curves.png", "last.safetensors",
+                                       "metrics.jsonl"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert "validation accuracy" in capsys.readouterr().out
+    assert cli.main(["eval", str(out / "last.safetensors")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["epoch"] == 2
+    assert result["eval_accuracy"] == pytest.approx(records[-1]["eval_accuracy"])
+    assert result["eval_loss"] == pytest.approx(records[-1]["eval_loss"], rel=1e-6)
+
+
+def _one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_bad_flags():
+    _one_line_error(_needle("train", "--epochs", "many"), "--epochs", "invalid int")
+    _one_line_error(_needle("train", "--optimizer", "lbfgs"), "--optimizer")
+    _one_line_error(_needle("train", "--epochs", "0"), "--epochs must be >= 1")
+    _one_line_error(_needle("fly"), "invalid choice")
+
+
+@pytest.mark.skipif(os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="the Debian Fashion-MNIST package is installed here")
+def test_missing_data_dir(tmp_path):
+    _one_line_error(_needle("train", "--dataset", "fashion-mnist", "--data-dir",
+                            str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")),
+                    "Fashion-MNIST not found", "nowhere")
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\xff" * 40)
+    _one_line_error(_needle("eval", str(bad)), "bad.safetensors")
+    _one_line_error(_needle("train", "--resume", str(tmp_path / "none.safetensors"), "--out",
+                            str(tmp_path / "o")), "none.safetensors")
