@@ -94,6 +94,124 @@ class Device:
         bt = b.array.reshape(n // t, p // t, t, t)
         out.array[:] = np.einsum("ikab,kjbc->ijac", at, bt).reshape(-1)
 
+    # ---- fused kernels on native arrays ----------------------------------------------------
+    # Each is written here as a composition over `xp` (what runs on cpu() and in CI); a
+    # backend may override one with a single kernel (cuda(): CuPy kernels in cuda_kernels.py)
+    # and must give the same numbers. Docs: docs/cuda.md lists the op that calls each one.
+    def softmax_cross_entropy_fwd(self, z, labels):
+        """Mean over rows of logsumexp(z_i) - z_i[labels_i]; z (B, K), labels (B,) ints.
+
+        Returns (loss as a 0-d array of z's dtype, lse (B,)); pass lse on to the backward.
+        """
+        xp = self.xp
+        labels = labels.astype(np.int64, copy=False)
+        m = z.max(axis=1, keepdims=True)
+        lse = (xp.log(xp.exp(z - m).sum(axis=1, keepdims=True)) + m)[:, 0]
+        picked = xp.take_along_axis(z, labels[:, None], axis=1)[:, 0]
+        return xp.asarray((lse - picked).mean(), dtype=z.dtype), lse
+
+    def softmax_cross_entropy_bwd(self, z, labels, lse, g):
+        """d(loss)/dz = (softmax(z) - onehot(labels)) * g / B, with lse from the forward."""
+        xp = self.xp
+        labels = labels.astype(np.int64, copy=False)
+        p = xp.exp(z - lse[:, None])
+        p[xp.arange(z.shape[0]), labels] -= 1
+        p *= xp.asarray(g, dtype=z.dtype) / z.shape[0]
+        return p
+
+    def layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
+        """y = (x - mean) * rstd * weight + bias over the last axis of x (..., D).
+
+        weight/bias are (D,) or None. Returns (y, mean, rstd), the statistics of shape x.shape[:-1].
+        """
+        xp = self.xp
+        mean = x.mean(axis=-1, keepdims=True)
+        xc = x - mean
+        rstd = (1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)).astype(x.dtype)
+        y = xc * rstd
+        if weight is not None:
+            y *= weight
+        if bias is not None:
+            y += bias
+        return y, mean[..., 0], rstd[..., 0]
+
+    def layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
+        """Gradients of `layer_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
+
+        dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), xh = (x - mean) * rstd and
+        dxh = dy * weight, means over the last axis.
+        """
+        xh = (x - mean[..., None]) * rstd[..., None]
+        dxh = dy * weight if weight is not None else dy
+        dx = rstd[..., None] * (dxh - dxh.mean(axis=-1, keepdims=True)
+                                - xh * (dxh * xh).mean(axis=-1, keepdims=True))
+        if weight is None:
+            return dx, None, None
+        lead = tuple(range(x.ndim - 1))
+        return dx, (dy * xh).sum(axis=lead), dy.sum(axis=lead)
+
+    def batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, running_mean=None,
+                       running_var=None, momentum=0.1):
+        """Training-mode batch norm over axis 0 of x (N, C): y = (x - mean) * rstd * w + b.
+
+        Updates running_mean/running_var (C,) in place when given, with the biased batch
+        variance (course rule: r = (1 - momentum) * r + momentum * batch_stat).
+        Returns (y, mean (C,), rstd (C,)).
+        """
+        xp = self.xp
+        mean = x.mean(axis=0)
+        xc = x - mean
+        var = (xc * xc).mean(axis=0)
+        rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+        y = xc * rstd
+        if weight is not None:
+            y *= weight
+        if bias is not None:
+            y += bias
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean
+        if running_var is not None:
+            running_var *= 1 - momentum
+            running_var += momentum * var
+        return y, mean, rstd
+
+    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None):
+        """Gradients of `batch_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
+
+        With db = sum_n dy and dw = sum_n dy * xh:  dx = w * rstd * (dy - (db + xh * dw) / N).
+        """
+        n = x.shape[0]
+        xh = (x - mean) * rstd
+        db = dy.sum(axis=0)
+        dw = (dy * xh).sum(axis=0)
+        scale = rstd * weight if weight is not None else rstd
+        dx = scale * (dy - (db + xh * dw) / n)
+        if weight is None:
+            return dx, None, None
+        return dx, dw, db
+
+    def adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
+                    decoupled=False):
+        """One Adam step in place on w, m and v (the rule of needle.optim.Adam/AdamW).
+
+        g' = g + wd * w (or, decoupled, w *= 1 - lr * wd); m = b1 m + (1 - b1) g';
+        v = b2 v + (1 - b2) g'^2; w -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).
+        """
+        xp = self.xp
+        if weight_decay:
+            if decoupled:
+                w *= 1.0 - lr * weight_decay
+            else:
+                g = g + weight_decay * w
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
+        denom = xp.sqrt(v / (1.0 - beta2 ** step))
+        denom += eps
+        w -= (lr / (1.0 - beta1 ** step)) * m / denom
+
 
 class CPUDevice(Device):
     """The CPU backend over NumPy (and the BLAS NumPy links)."""
