@@ -288,3 +288,48 @@ def test_failing_rank_ends_the_job(fail_rank):
     assert elapsed < 15
     out = r.stdout + r.stderr
     assert f"rank {fail_rank} failed: RuntimeError: injected failure" in out
+
+
+# ---- the `needle train` command under mpiexec ---------------------------------------------------
+
+def _needle_train(prefix, *flags):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=os.path.join(os.path.dirname(HERE), "python"))
+    env.pop("NEEDLE_DISTRIBUTED", None)
+    cmd = prefix + [sys.executable, "-m", "needle", "train", "--hidden-dim", "16",
+                    "--no-progress"] + list(flags)
+    return subprocess.run(cmd, cwd=os.path.dirname(HERE), env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.mpi
+def test_needle_train_under_mpiexec_and_resume_with_one_process(tmp_path):
+    mpiexec = _mpiexec(2)
+    pytest.importorskip("tqdm")
+    two, one = str(tmp_path / "two"), str(tmp_path / "one")
+    r = _needle_train(mpiexec, "--epochs", "1", "--batch-size", "256", "--out", two)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("epoch   1") == 1 and r.stdout.count("done:") == 1  # rank 0 only
+    assert sorted(os.listdir(two)) == ["best.safetensors", "curves.png", "last.safetensors",
+                                       "metrics.jsonl"]
+    with open(os.path.join(two, "metrics.jsonl")) as f:
+        first = [line for line in f]
+    assert len(first) == 1
+    r = _needle_train([], "--epochs", "2", "--batch-size", "256", "--out", one,
+                      "--resume", os.path.join(two, "last.safetensors"))
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(one, "metrics.jsonl")) as f:
+        lines = f.readlines()
+    assert len(lines) == 2 and lines[0] == first[0]
+    assert '"epoch": 2' in lines[1]
+
+
+@pytest.mark.mpi
+def test_needle_train_bad_global_batch_aborts_every_rank(tmp_path):
+    mpiexec = _mpiexec(2)
+    r = _needle_train(mpiexec, "--epochs", "1", "--batch-size", "255", "--out",
+                      str(tmp_path / "x"))
+    assert r.returncode != 0
+    assert "failed: --batch-size 255 is the global batch and must be a multiple of the 2" \
+        in r.stderr
+    assert not os.path.exists(tmp_path / "x" / "last.safetensors")

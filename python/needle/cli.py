@@ -15,6 +15,8 @@ from .serialization import CheckpointError
 
 # ---- plugins: each line imports a module that registers datasets/models/tasks in needle.train --
 # (conv, sequence and distributed engineers add one line each here)
+from . import distributed as _distributed  # noqa: E402
+train.TRAINER_PLUGINS.append(_distributed.trainer_plugin)  # data parallel under mpiexec
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,6 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, CheckpointError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"needle: error: {msg}", file=sys.stderr)
+        _distributed.abort_on_error(str(msg), 2)  # other ranks would wait forever
         return 2
     except KeyboardInterrupt:
         print("needle: interrupted", file=sys.stderr)

@@ -43,7 +43,7 @@ __all__ = [
     "barrier", "get_comm", "allreduce_array", "broadcast_object", "allgather_object",
     "broadcast_parameters", "allreduce_gradients", "DistributedDataParallel",
     "distributed_sampler", "install_excepthook", "abort", "mpiexec_command", "comm_stats",
-    "reset_comm_stats", "DEFAULT_BUCKET_BYTES",
+    "reset_comm_stats", "DEFAULT_BUCKET_BYTES", "abort_on_error", "trainer_plugin",
 ]
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # as PyTorch DDP: few calls, overlap-friendly sizes
@@ -383,3 +383,53 @@ def distributed_sampler(dataset, shuffle: bool = True, seed: int = 0, drop_last:
 def gradient_bytes(params: Iterable[Tensor]) -> int:
     """Bytes one `allreduce_gradients` call sends into the reduction (values only)."""
     return int(sum(p.realize_cached_data().native.nbytes for p in params))
+
+
+# ---- the trainer ------------------------------------------------------------------------------
+
+def abort_on_error(message: str, code: int = 2) -> None:
+    """In a job of several processes, report `rank R failed: message` and end every rank.
+
+    For errors a caller has already caught (the CLI turns bad input into exit status 2): one
+    rank returning while the others wait in a collective would hang the job. No-op otherwise.
+    """
+    if _state["comm"] is None or _state["size"] < 2:
+        return
+    sys.stderr.write(f"rank {_state['rank']} failed: {message}\n")
+    sys.stderr.flush()
+    abort(code)
+
+
+def trainer_plugin(trainer, args) -> None:
+    """Make a `needle.train.Trainer` data-parallel when the process runs under an MPI launcher.
+
+    With one process this changes nothing. With N: a failing rank aborts the job; only rank 0
+    is `is_main` (progress bar, metrics, plots, checkpoints); BatchNorm1d layers become
+    SyncBatchNorm and rank 0's weights are broadcast, so N processes train the model one
+    process would; `--batch-size` stays the global batch (each rank loads batch/N samples of
+    its `DistributedSampler` shard, reshuffled per epoch from `--seed`); gradients are averaged
+    after every backward. Checkpoints hold the plain model, so `--resume` works with any N.
+    """
+    n = init()
+    if n == 1:
+        return
+    install_excepthook()
+    trainer.is_main = is_main_process()
+    from .nn import convert_sync_batchnorm  # noqa: PLC0415 (nn imports this module)
+    model = convert_sync_batchnorm(trainer.model)
+    if model is not trainer.model:
+        raise TypeError("needle.distributed.trainer_plugin: the root model is a BatchNorm1d")
+    broadcast_parameters(model)
+    data = trainer.train_data
+    if getattr(data, "sampler", "absent") is None and hasattr(data, "dataset"):
+        if data.batch_size % n:
+            raise ValueError(f"--batch-size {data.batch_size} is the global batch and must be "
+                             f"a multiple of the {n} processes")
+        loader_cls = type(data)
+        trainer.train_data = loader_cls(
+            data.dataset, batch_size=data.batch_size // n, drop_last=data.drop_last,
+            sampler=distributed_sampler(data.dataset, shuffle=data.shuffle,
+                                        seed=int(getattr(args, "seed", 0) or 0)),
+            device=data.device, dtype=data.dtype)
+    bucket_bytes = int(getattr(args, "bucket_bytes", None) or DEFAULT_BUCKET_BYTES)
+    trainer.after_backward.append(lambda t: allreduce_gradients(t.model, bucket_bytes))
