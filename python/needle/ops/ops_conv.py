@@ -143,26 +143,45 @@ class Conv(TensorOp):
         return ga, permute(gb, (1, 2, 0, 3))
 
     def gradient_nd(self, g: NDArray, node):
-        a, b = node.inputs[0].cached_data, node.inputs[1].cached_data
+        x_node, w_node = node.inputs
+        a, b = x_node.cached_data, w_node.cached_data
         s, p = self.stride, self.padding
         kh, kw, cin, cout = b.shape
         gn = g.native
         n, ho, wo = gn.shape[:3]
-        xp_ = _xp(gn)
         g2 = gn.reshape(n * ho * wo, cout)
-        # weight gradient: cols^T @ g on the im2col view of the padded input
-        xn = _pad_hw(a.native, p, p)
-        cols = _windows(xn, kh, kw, s).reshape(n * ho * wo, kh * kw * cin)
-        gb = (cols.T @ g2).reshape(kh, kw, cin, cout)
-        # input gradient: g @ W^T gives per-window columns, then col2im over kernel offsets
-        dcols = (g2 @ b.native.reshape(kh * kw * cin, cout).T).reshape(n, ho, wo, kh, kw, cin)
-        dx = xp_.zeros(xn.shape, dtype=gn.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += dcols[:, :, :, i, j]
-        if p:
-            dx = dx[:, p:xn.shape[1] - p, p:xn.shape[2] - p, :]
-        return NDArray._wrap(dx, g.device), NDArray._wrap(gb, g.device)
+        wn = b.native
+        gb = dx = None
+        if w_node.requires_grad:  # cols^T @ g on the im2col view of the padded input
+            xn = _pad_hw(a.native, p, p)
+            cols = _windows(xn, kh, kw, s).reshape(n * ho * wo, kh * kw * cin)
+            gb = (g2.T @ cols).T if cols.shape[1] < cout else cols.T @ g2
+            gb = NDArray._wrap(gb.reshape(kh, kw, cin, cout), g.device)
+        if x_node.requires_grad:
+            dx = NDArray._wrap(_conv_input_grad(gn, wn, a.shape, s, p), g.device)
+        return dx, gb
+
+
+def _conv_input_grad(gn, wn, shape, s: int, p: int):
+    """d(conv)/d(input) on native arrays: for stride 1 one im2col matmul of the padded output
+    gradient with the flipped kernel; otherwise a col2im looping over the kernel offsets."""
+    kh, kw, cin, cout = wn.shape
+    n, ho, wo = gn.shape[:3]
+    h, w = shape[1:3]
+    if s == 1:
+        gp = _pad_hw(gn, kh - 1 - p, kh - 1 - p, value=0.0) if kh == kw else None
+        if gp is not None:
+            cols = _windows(gp, kh, kw, 1).reshape(n * h * w, kh * kw * cout)
+            wt = wn[::-1, ::-1].transpose(0, 1, 3, 2).reshape(kh * kw * cout, cin)
+            return (cols @ wt).reshape(n, h, w, cin)
+    g2 = gn.reshape(n * ho * wo, cout)
+    hp, wp = h + 2 * p, w + 2 * p
+    dx = _xp(gn).zeros((n, hp, wp, cin), dtype=gn.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            part = (g2 @ wn[i, j].T).reshape(n, ho, wo, cin)
+            dx[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] += part
+    return dx[:, p:p + h, p:p + w, :]
 
 
 def conv(a, b, stride=1, padding=1):
@@ -189,10 +208,11 @@ def _pool_out(n: int, k: int, s: int, p: int) -> int:
 class MaxPool2d(TensorOp):
     """Max over k x k windows of NCHW input; the gradient goes to the first maximum."""
 
-    __slots__ = ("kernel", "stride", "padding")
+    __slots__ = ("kernel", "stride", "padding", "_idx")
 
     def __init__(self, kernel: int, stride: int, padding: int = 0):
         self.kernel, self.stride, self.padding = int(kernel), int(stride), int(padding)
+        self._idx = None
 
     def _argmax(self, x: NDArray):
         k, s, p = self.kernel, self.stride, self.padding
@@ -204,14 +224,21 @@ class MaxPool2d(TensorOp):
 
     def compute(self, x: NDArray):
         _check_pool("max_pool2d", x, self.kernel, self.stride, self.padding)
-        flat, _ = self._argmax(x)
-        return NDArray._wrap(flat.max(axis=-1), x.device)
+        flat, am = self._argmax(x)
+        self._idx = self._flat_indices(x.shape, am)  # kept for the backward pass
+        out = _xp(am).take_along_axis(flat, am[..., None], axis=-1)[..., 0]
+        return NDArray._wrap(out, x.device)
 
     def indices(self, x: NDArray):
         """Flat indices into x (N*C*H*W) of each window's chosen maximum, shape of the output."""
+        if self._idx is not None and self._idx.shape[:2] == x.shape[:2]:
+            return self._idx
         _, am = self._argmax(x)
+        return self._flat_indices(x.shape, am)
+
+    def _flat_indices(self, shape, am):
         xp_ = _xp(am)
-        nb, c, h, w = x.shape
+        nb, c, h, w = shape
         k, s, p = self.kernel, self.stride, self.padding
         ho, wo = am.shape[2:]
         rows = xp_.arange(ho).reshape(ho, 1) * s - p + am // k
