@@ -17,6 +17,7 @@ from .serialization import CheckpointError
 # (conv, sequence and distributed engineers add one line each here)
 from . import distributed as _distributed  # noqa: E402
 train.TRAINER_PLUGINS.append(_distributed.trainer_plugin)  # data parallel under mpiexec
+from . import train_conv as _train_conv  # noqa: E402,F401  (--model cnn/resnet9, cifar10)
 
 
 class _Parser(argparse.ArgumentParser):
