@@ -9,6 +9,8 @@ kernels against the composed code they replace.
 import gc
 import importlib.util
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -430,6 +432,81 @@ def test_kernel_sources_name_their_entry_points():
         assert re.search(r'extern "C" __global__ void ' + name + r"\(", src)
         assert src.count("{") == src.count("}") and src.count("(") == src.count(")")
     assert cuda_kernels._BLOCK % 32 == 0 and cuda_kernels._BLOCK <= 1024
+
+
+class _KernelRecorder:
+    """Stands in for the CuPy module: records what each kernel constructor was given."""
+
+    def RawKernel(self, code, name):  # noqa: N802 (CuPy's names)
+        return ("raw", name, code)
+
+    def ElementwiseKernel(self, in_params, out_params, operation, name):  # noqa: N802
+        return ("elementwise", name, in_params, out_params, operation)
+
+    def ReductionKernel(self, in_params, out_params, map_expr, reduce_expr, post_map_expr,  # noqa: N802
+                        identity, name):
+        return ("reduction", name, in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                identity)
+
+
+_CTYPES = {"float32": "float", "int64": "long long"}
+
+
+def _params(spec, out=False):
+    """CuPy parameter specs as harness arguments: raw -> indexable array, else a value
+    (inputs) or a reference into the output array (outputs)."""
+    args, body = [], []
+    for item in spec.split(","):
+        words = item.split()
+        raw, ctype, name = words[0] == "raw", _CTYPES[words[-2]], words[-1]
+        if raw:
+            args.append(f"NdlRaw<{ctype}> {name}")
+        elif out:
+            args.append(f"{ctype}* _out_{name}")
+            body.append(f"{ctype} &{name} = _out_{name}[i];")
+        else:
+            args.append(f"const {ctype} {name}")
+    return args, body
+
+
+def _harness(kernel):
+    """CUDA source imitating CuPy's code generation around an Elementwise/ReductionKernel."""
+    kind, name = kernel[:2]
+    head = "const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;"
+    if kind == "elementwise":
+        in_args, _ = _params(kernel[2])
+        out_args, refs = _params(kernel[3], out=True)
+        body = "\n".join([head] + refs + [kernel[4] + ";"])  # CuPy appends the ";" too
+    else:
+        in_args, _ = _params(kernel[2])
+        out_args, refs = _params(kernel[3], out=True)
+        map_expr, reduce_expr, post_map, identity = kernel[4:]
+        body = "\n".join([head, f"float a = ({map_expr}); float b = ({identity});",
+                          f"a = ({reduce_expr});"] + refs + [post_map + ";"])
+    return ("template <typename T> struct NdlRaw { T* p;\n"
+            "  __device__ T& operator[](long long j) const { return p[j]; } };\n"
+            f'extern "C" __global__ void {name}({", ".join(in_args + out_args)}) {{\n'
+            f"{body}\n}}\n")
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (no GPU needed)")
+def test_kernel_sources_compile_with_nvcc(tmp_path):
+    """Every CUDA source: raw kernels as they are, Elementwise/ReductionKernel bodies in a
+    harness that declares their parameters as CuPy's generated code does."""
+    kernels = cuda_kernels.CupyKernels(_KernelRecorder())
+    names = [m[len("_make_"):] for m in dir(kernels) if m.startswith("_make_")]
+    assert len(names) == 8
+    files = []
+    for n in names:
+        k = kernels._kernel(n)
+        src = k[2] if k[0] == "raw" else _harness(k)
+        (tmp_path / f"{n}.cu").write_text(src)
+        files.append(f"{n}.cu")
+    r = subprocess.run(["nvcc", "-ptx", "-arch=sm_80", *files], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for n in names:
+        assert (tmp_path / f"{n}.ptx").stat().st_size > 0
 
 
 @needs_gpu

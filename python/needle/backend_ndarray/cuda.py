@@ -58,10 +58,13 @@ class _CupyRuntime:  # pragma: no cover - needs a GPU
     """The CuPy-only calls: host copies, raw pointers, atomic scatter-add, stream sync."""
 
     def __init__(self, cp):
-        import cupyx
-
         self.asnumpy = cp.asnumpy
-        self.scatter_add = cupyx.scatter_add
+        at = getattr(cp.add, "at", None)  # CuPy >= 13; cupyx.scatter_add before
+        if at is None:
+            import cupyx
+
+            at = cupyx.scatter_add
+        self.scatter_add = at
         self._stream = cp.cuda.get_current_stream
 
     @staticmethod

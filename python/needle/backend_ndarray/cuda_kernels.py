@@ -16,6 +16,7 @@ _BLOCK = 512  # threads per row for the row-wise kernels (a multiple of 32)
 
 # Block-wide sum and max over blockDim.x threads (a multiple of 32): warp shuffles, then one
 # warp over the per-warp partials. `sh` is a __shared__ float[32]; every thread gets the result.
+# Only NVRTC built-ins are used (no <math.h> macros such as INFINITY): CuPy compiles with NVRTC.
 _BLOCK_REDUCE = r"""
 #define NDL_BLOCK_REDUCE(NAME, OP, IDENT)                                           \
 __device__ __forceinline__ float NAME(float v, float* sh) {                        \
@@ -34,8 +35,9 @@ __device__ __forceinline__ float NAME(float v, float* sh) {                     
     return sh[0];                                                                   \
 }
 #define NDL_ADD(a, b) ((a) + (b))
+#define NDL_NEG_INF __int_as_float(0xff800000)
 NDL_BLOCK_REDUCE(block_sum, NDL_ADD, 0.0f)
-NDL_BLOCK_REDUCE(block_max, fmaxf, -INFINITY)
+NDL_BLOCK_REDUCE(block_max, fmaxf, NDL_NEG_INF)
 """
 
 # One block per row of z (B, K): two-pass logsumexp (max, then sum), then the row's loss.
@@ -45,10 +47,10 @@ extern "C" __global__ void ndl_softmax_ce_fwd(
         float* __restrict__ lse, float* __restrict__ loss, const long long k) {
     __shared__ float sh[32];
     const float* zr = z + (long long)blockIdx.x * k;
-    float m = -INFINITY;
+    float m = NDL_NEG_INF;
     for (long long j = threadIdx.x; j < k; j += blockDim.x) m = fmaxf(m, zr[j]);
     m = block_max(m, sh);
-    const float shift = isinf(m) ? 0.0f : m;
+    const float shift = fabsf(m) == __int_as_float(0x7f800000) ? 0.0f : m;  // +-inf
     float s = 0.0f;
     for (long long j = threadIdx.x; j < k; j += blockDim.x) s += expf(zr[j] - shift);
     s = block_sum(s, sh);
