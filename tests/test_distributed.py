@@ -333,3 +333,18 @@ def test_needle_train_bad_global_batch_aborts_every_rank(tmp_path):
     assert "failed: --batch-size 255 is the global batch and must be a multiple of the 2" \
         in r.stderr
     assert not os.path.exists(tmp_path / "x" / "last.safetensors")
+
+
+@pytest.mark.mpi
+def test_launcher_and_mpi_library_mismatch_is_an_error():
+    pytest.importorskip("mpi4py")
+    # a launcher claiming 2 processes around a process whose MPI sees only itself
+    env = dict(os.environ, PMI_SIZE="2", PYTHONPATH=os.path.join(os.path.dirname(HERE),
+                                                                 "python"))
+    for k in ("PMI_RANK", "PMI_FD", "PMI_PORT", "PMI_ID", "NEEDLE_DISTRIBUTED"):
+        env.pop(k, None)
+    code = "import needle.distributed as d; d.init()"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=TIMEOUT)
+    assert r.returncode != 0
+    assert "use different MPI libraries" in r.stderr

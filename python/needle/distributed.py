@@ -89,14 +89,29 @@ def init() -> int:
     try:
         from mpi4py import MPI  # noqa: PLC0415 (optional dependency, imported lazily)
     except ImportError:
-        if int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))) > 1:
+        if _launcher_size() > 1:
             raise RuntimeError("needle.distributed.init: started by an MPI launcher with "
                                "several processes, but mpi4py is not installed; "
                                "pip install 'needle[mpi]'") from None
         return 1
     comm = MPI.COMM_WORLD
     _state.update(comm=comm, MPI=MPI, rank=comm.Get_rank(), size=comm.Get_size())
+    expected = _launcher_size()
+    if expected > 1 and _state["size"] == 1:
+        # e.g. Open MPI's mpiexec starting a program whose mpi4py links MPICH: every
+        # process would train alone and all of them would write the same files
+        raise RuntimeError(f"needle.distributed.init: the launcher started {expected} "
+                           "processes but MPI sees 1; mpiexec and mpi4py use different MPI "
+                           f"libraries (mpi4py: {MPI.Get_library_version().splitlines()[0]})")
     return _state["size"]
+
+
+def _launcher_size() -> int:
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS"):
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 1
 
 
 def is_initialized() -> bool:
