@@ -50,6 +50,11 @@ def loss_err(h, y):
 
 # ---- hw4: CIFAR-10 (epoch_general_cifar10, train_cifar10, evaluate_cifar10) -------------------
 # The conv engineer adds these here and their names to __all__.
+from needle.train_conv import (  # noqa: E402,F401
+    epoch_general_cifar10, evaluate_cifar10, train_cifar10,
+)
+
+__all__ += ["epoch_general_cifar10", "train_cifar10", "evaluate_cifar10"]
 
 
 # ---- hw4: PTB language models (epoch_general_ptb, train_ptb, evaluate_ptb) --------------------

@@ -104,3 +104,51 @@ def test_small_resnet_accepts_flat_rows():
     a = model(ndl.Tensor(x)).numpy()
     b = model(ndl.Tensor(x.reshape(2, 1, 28, 28))).numpy()
     np.testing.assert_allclose(a, b)
+
+
+def _write_fake_cifar(folder, n_per_batch=8):
+    """Tiny CIFAR-10 batches in the official pickle format (data uint8 (N, 3072), labels)."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+                 b"labels": rng.integers(0, 10, n_per_batch).tolist()}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f)
+
+
+def test_hw4_cifar10_loops_on_tiny_files(tmp_path):
+    import simple_ml
+
+    _write_fake_cifar(tmp_path, n_per_batch=4)
+    train = ndl.data.CIFAR10Dataset(str(tmp_path), train=True)
+    loader = ndl.data.DataLoader(train, batch_size=10, shuffle=True)
+    np.random.seed(0)
+    model = ResNet9()
+    acc, loss = simple_ml.train_cifar10(model, loader, n_epochs=2, lr=1e-3)
+    assert 0 <= acc <= 1 and np.isfinite(loss) and loss > 0
+    test = ndl.data.DataLoader(ndl.data.CIFAR10Dataset(str(tmp_path), train=False),
+                               batch_size=5)
+    acc2, loss2 = simple_ml.evaluate_cifar10(model, test)
+    assert 0 <= acc2 <= 1 and np.isfinite(loss2)
+    assert not model.training
+
+
+def test_cli_trains_resnet9_on_cifar10_folder(tmp_path, capsys):
+    from needle import cli
+
+    data = tmp_path / "cifar"
+    data.mkdir()
+    _write_fake_cifar(data, n_per_batch=4)
+    out = tmp_path / "run"
+    rc = cli.main(["train", "--model", "resnet9", "--dataset", "cifar10", "--data-dir",
+                   str(data), "--epochs", "1", "--batch-size", "10", "--out", str(out),
+                   "--no-progress"])
+    assert rc in (0, None)
+    assert (out / "best.safetensors").exists()
+    rc = cli.main(["train", "--model", "resnet9", "--dataset", "mnist-small", "--epochs", "1",
+                   "--out", str(tmp_path / "bad"), "--no-progress"])
+    assert rc == 2
+    assert "resnet9: needs (3, 32, 32) images" in capsys.readouterr().err

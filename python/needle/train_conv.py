@@ -5,7 +5,10 @@ Imported once from `cli.py`'s plugin section; it only registers names in `needle
 """
 from __future__ import annotations
 
-from . import nn
+import numpy as np
+
+from . import nn, optim
+from .autograd import no_grad
 from .data import CIFAR10Dataset
 from .data.data_transforms import Normalize, RandomCrop, RandomFlipHorizontal
 from .train import DatasetInfo, register_dataset, register_model
@@ -56,4 +59,54 @@ def resnet9(info: DatasetInfo, args) -> nn.Module:
     return ResNet9()
 
 
-__all__ = ["cifar10", "cnn", "resnet9", "CIFAR10_MEAN", "CIFAR10_STD"]
+
+# ---- hw4 course loops (apps/simple_ml.py re-exports these) ----------------------------------
+
+def epoch_general_cifar10(dataloader, model, loss_fn=None, opt=None):
+    """One pass over `dataloader`: trains (model.train(), a step per batch) when `opt` is
+    given, else evaluates (model.eval(), no graph). Returns (accuracy, mean loss per sample).
+    `loss_fn` is a loss instance (default nn.SoftmaxLoss()). Seeds np.random with 4 (course)."""
+    np.random.seed(4)
+    loss_fn = nn.SoftmaxLoss() if loss_fn is None else loss_fn
+    model.train() if opt is not None else model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for X, y in dataloader:
+        if opt is not None:
+            opt.reset_grad()
+            out = model(X)
+            loss = loss_fn(out, y)
+            loss.backward(create_graph=False)
+            opt.step()
+        else:
+            with no_grad():
+                out = model(X)
+                loss = loss_fn(out, y)
+        labels = y.numpy().astype(np.int64).reshape(-1)
+        correct += int((out.numpy().argmax(axis=1) == labels).sum())
+        loss_sum += float(loss.numpy()) * labels.shape[0]
+        n += labels.shape[0]
+    if n == 0:
+        raise ValueError("epoch_general_cifar10: the dataloader yielded no batches")
+    return correct / n, loss_sum / n
+
+
+def train_cifar10(model, dataloader, n_epochs=1, optimizer=optim.Adam, lr=0.001,
+                  weight_decay=0.001, loss_fn=nn.SoftmaxLoss):
+    """`n_epochs` of training; returns (accuracy, loss) of the last epoch. `optimizer` and
+    `loss_fn` are classes (course)."""
+    np.random.seed(4)
+    opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
+    acc, loss = 0.0, 0.0
+    for _ in range(n_epochs):
+        acc, loss = epoch_general_cifar10(dataloader, model, loss_fn(), opt)
+    return acc, loss
+
+
+def evaluate_cifar10(model, dataloader, loss_fn=nn.SoftmaxLoss):
+    """(accuracy, loss) of `model` in eval mode over `dataloader`; `loss_fn` is a class."""
+    np.random.seed(4)
+    return epoch_general_cifar10(dataloader, model, loss_fn(), None)
+
+
+__all__ = ["cifar10", "cnn", "resnet9", "CIFAR10_MEAN", "CIFAR10_STD", "epoch_general_cifar10",
+           "train_cifar10", "evaluate_cifar10"]
