@@ -189,6 +189,27 @@ def test_sync_batchnorm_4d_eval_uses_running_stats():
         bn(ndl.Tensor(np.zeros((4, 5), dtype=np.float32)))
 
 
+def test_sync_batchnorm_4d_matches_batchnorm2d():
+    rng = np.random.default_rng(4)
+    xs = rng.standard_normal((3, 4, 5, 5)).astype(np.float32) * 2 + 0.5
+    gs = rng.standard_normal(xs.shape).astype(np.float32)
+    outs = []
+    for convert in (False, True):
+        ndl.manual_seed(0)
+        model = nn.Sequential(nn.BatchNorm2d(4))
+        if convert:
+            model = nn.convert_sync_batchnorm(model)
+            assert isinstance(model.modules[0], nn.SyncBatchNorm)
+        x = ndl.Tensor(xs)
+        y = model(x)
+        y.backward(ndl.Tensor(gs), create_graph=False)
+        bn = model.modules[0]
+        outs.append((y.numpy(), x.grad.numpy(), bn.weight.grad.numpy(), bn.bias.grad.numpy(),
+                     bn.running_mean.numpy(), bn.running_var.numpy()))
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_convert_sync_batchnorm_keeps_state_dict():
     model = MLPResNet(8, 16, num_blocks=2, num_classes=3)
     keys = sorted(model.state_dict())

@@ -419,7 +419,7 @@ def trainer_plugin(trainer, args) -> None:
     """Make a `needle.train.Trainer` data-parallel when the process runs under an MPI launcher.
 
     With one process this changes nothing. With N: a failing rank aborts the job; only rank 0
-    is `is_main` (progress bar, metrics, plots, checkpoints); BatchNorm1d layers become
+    is `is_main` (progress bar, metrics, plots, checkpoints); BatchNorm1d/2d layers become
     SyncBatchNorm and rank 0's weights are broadcast, so N processes train the model one
     process would; `--batch-size` stays the global batch (each rank loads batch/N samples of
     its `DistributedSampler` shard, reshuffled per epoch from `--seed`); gradients are averaged

@@ -152,12 +152,16 @@ class SyncBatchNorm(BatchNorm1d):
 
 
 def convert_sync_batchnorm(module: Module) -> Module:
-    """Replace every `BatchNorm1d` inside `module` by a `SyncBatchNorm` sharing its tensors.
+    """Replace every `BatchNorm1d`/`BatchNorm2d` in `module` by a `SyncBatchNorm` sharing its
+    parameters and buffers (same state-dict keys).
 
     Walks attributes, lists, tuples and dicts; returns the (possibly new) root module.
     """
+    from .nn_conv import BatchNorm2d  # noqa: PLC0415 (conv layers are optional here)
+
     def convert(value):
-        if isinstance(value, BatchNorm1d) and not isinstance(value, SyncBatchNorm):
+        if isinstance(value, (BatchNorm1d, BatchNorm2d)) and not isinstance(value,
+                                                                            SyncBatchNorm):
             new = SyncBatchNorm.__new__(SyncBatchNorm)
             new.__dict__.update(value.__dict__)
             return new
