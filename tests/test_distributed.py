@@ -115,6 +115,55 @@ def test_allreduce_gradients_packs_few_buckets(fake_world):
     assert len(fake_world.allreduce_sizes) == 1
 
 
+class _DeviceArray(np.ndarray):
+    """A NumPy array posing as a GPU array: `.get()` copies it to the host (as CuPy's does)."""
+
+    def get(self):
+        return np.array(self)
+
+
+def _as_device(a):
+    return np.ascontiguousarray(a).view(_DeviceArray)
+
+
+_FAKE_XP = types.SimpleNamespace(
+    zeros=lambda n, dtype: _as_device(np.zeros(n, dtype)),
+    ravel=lambda a: _as_device(np.ravel(a)),
+    concatenate=lambda parts: _as_device(np.concatenate([np.asarray(p) for p in parts])),
+    asarray=_as_device, array=lambda a: _as_device(np.array(a)))
+
+
+class _FakeGPU:
+    xp = _FAKE_XP
+
+    def __str__(self):
+        return "fakegpu()"
+
+
+def test_gradients_on_a_device_are_staged_through_the_host(fake_world):
+    device = _FakeGPU()
+    rng = np.random.default_rng(5)
+    shapes = [(3, 4), (4,), (2, 2)]
+    params = [ndl.Tensor.make_const(ndl.NDArray._wrap(_as_device(
+        rng.standard_normal(s).astype(np.float32)), device)) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    for p, g in zip(params, grads):
+        p.grad = ndl.Tensor.make_const(ndl.NDArray._wrap(_as_device(g), device))
+    params[1].grad = None
+    dist.allreduce_gradients(params)
+    assert len(fake_world.allreduce_sizes) == 1
+    assert fake_world.allreduce_sizes[0] == 4 * (12 + 4 + 4 + 3)  # values + 3 flags
+    for p, g in ((params[0], grads[0]), (params[2], grads[2])):
+        data = p.grad.realize_cached_data()
+        assert data.device is device and isinstance(data.native, _DeviceArray)
+        np.testing.assert_allclose(np.asarray(data.native), g, rtol=1e-6)
+    assert params[1].grad is None
+    dist.broadcast_parameters(params)  # device values go up through the host too
+    for p in params:
+        assert isinstance(p.realize_cached_data().native, _DeviceArray)
+        assert np.all(np.asarray(p.realize_cached_data().native) == 7.0)
+
+
 def test_broadcast_parameters_writes_in_place(fake_world):
     model = _mlp()
     p0 = model.parameters()[0]
