@@ -4,8 +4,9 @@
     (needle: `ops.conv` on NHWC with `backward(create_graph=False)`; torch: conv2d on NCHW);
 (b) one training step of the small residual CNN (`needle.models.SmallResNet`, the same layout
     in torch), batch 64 of 1x28x28 images, SGD with momentum, in samples/s;
-(c) peak resident memory of 30 steps of (b), each framework alone in a fresh subprocess
-    (resource.getrusage maxrss).
+(c) peak resident memory of 30 steps of (b), each framework alone in a fresh subprocess that
+    imports both libraries: VmHWM from /proc/self/status (resource.getrusage's maxrss is used
+    where /proc is missing; on Linux it would include the parent's peak, inherited over fork).
 Run: python benchmarks/bench_conv.py
 """
 import os
@@ -80,6 +81,17 @@ def torch_step_fn():
     return step
 
 
+def _peak_rss_kib() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def peak_rss_mb(framework: str) -> float:
     out = subprocess.run([sys.executable, __file__, "--rss", framework], check=True,
                          capture_output=True, text=True).stdout
@@ -91,7 +103,7 @@ def main():
         step = needle_step_fn() if sys.argv[2] == "needle" else torch_step_fn()
         for _ in range(30):
             step()
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB -> MiB
+        print(_peak_rss_kib() / 1024)
         return
     rng = np.random.default_rng(0)
     x = rng.standard_normal((BATCH, 28, 28, 32)).astype(np.float32)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..autograd import NDArray, TensorOp
+from ..autograd import NDArray, TensorOp, is_grad_enabled
 from .ops_indexing import GetItem, dilate, flip, pad
 from .ops_mathematic import permute
 
@@ -106,11 +106,12 @@ def _check_conv(a: NDArray, b: NDArray, stride: int, padding: int) -> None:
 class Conv(TensorOp):
     """2-D cross-correlation of NHWC `a` with (KH, KW, C_in, C_out) `b` (as torch conv2d)."""
 
-    __slots__ = ("stride", "padding")
+    __slots__ = ("stride", "padding", "_cols")
 
     def __init__(self, stride: int = 1, padding: int = 0):
         self.stride = int(stride)
         self.padding = int(padding)
+        self._cols = None  # the forward's im2col matrix, reused once by gradient_nd
 
     def compute(self, a: NDArray, b: NDArray):
         _check_conv(a, b, self.stride, self.padding)
@@ -119,7 +120,10 @@ class Conv(TensorOp):
         cols = _windows(xn, kh, kw, self.stride)  # (N, Ho, Wo, KH, KW, C) view
         n, ho, wo = cols.shape[:3]
         k = kh * kw * b.shape[2]
-        out = cols.reshape(n * ho * wo, k) @ b.native.reshape(k, b.shape[3])
+        cols = cols.reshape(n * ho * wo, k)
+        if is_grad_enabled():
+            self._cols = cols
+        out = cols @ b.native.reshape(k, b.shape[3])
         return NDArray._wrap(out.reshape(n, ho, wo, b.shape[3]), a.device)
 
     def gradient(self, out_grad, node):
@@ -152,9 +156,11 @@ class Conv(TensorOp):
         g2 = gn.reshape(n * ho * wo, cout)
         wn = b.native
         gb = dx = None
-        if w_node.requires_grad:  # cols^T @ g on the im2col view of the padded input
-            xn = _pad_hw(a.native, p, p)
-            cols = _windows(xn, kh, kw, s).reshape(n * ho * wo, kh * kw * cin)
+        cols, self._cols = self._cols, None
+        if w_node.requires_grad:  # cols^T @ g on the im2col matrix of the padded input
+            if cols is None or cols.shape[0] != n * ho * wo:
+                xn = _pad_hw(a.native, p, p)
+                cols = _windows(xn, kh, kw, s).reshape(n * ho * wo, kh * kw * cin)
             gb = (g2.T @ cols).T if cols.shape[1] < cout else cols.T @ g2
             gb = NDArray._wrap(gb.reshape(kh, kw, cin, cout), g.device)
         if x_node.requires_grad:
