@@ -18,6 +18,8 @@ from .serialization import CheckpointError
 from . import distributed as _distributed  # noqa: E402
 train.TRAINER_PLUGINS.append(_distributed.trainer_plugin)  # data parallel under mpiexec
 from . import train_conv as _train_conv  # noqa: E402,F401  (--model cnn/resnet9, cifar10)
+from . import train_lm as _train_lm  # noqa: E402  (--model lstm-lm/..., shakespeare, text)
+train.TRAINER_PLUGINS.append(_train_lm.clip_plugin)  # gradient clipping for language models
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,10 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue from a checkpoint (e.g. OUT/last.safetensors)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # language models (defaults in needle.train_lm.LM_DEFAULTS)
+    t.add_argument("--bptt", type=int, default=None, help="LM: tokens per truncated window")
+    t.add_argument("--clip", type=float, default=None, help="LM: max global gradient norm")
+    t.add_argument("--num-layers", type=int, default=None, help="LM: recurrent/attention layers")
+    t.add_argument("--embedding-dim", type=int, default=None, help="LM: embedding width")
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("--dataset", default=None, choices=sorted(train.DATASETS))
     e.add_argument("--data-dir", default=None)
+    g = sub.add_parser("generate", help="sample text from a language-model checkpoint")
+    g.add_argument("checkpoint")
+    g.add_argument("--prompt", default="\n")
+    g.add_argument("--tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -90,6 +103,9 @@ def _train(args) -> None:
             print(f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} "
                   f"acc {record['train_accuracy']:.4f}  valid loss {record['eval_loss']:.4f} "
                   f"acc {record['eval_accuracy']:.4f}  ({record['seconds']:.1f}s)", flush=True)
+            if "eval_perplexity" in record:
+                print(f"           perplexity train {record['train_perplexity']:.3f}  valid "
+                      f"{record['eval_perplexity']:.3f}", flush=True)
 
     record = train.run_training(args, on_batch=on_batch, on_epoch=on_epoch, on_start=on_start)
     if state["trainer"].is_main:
@@ -104,6 +120,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "train":
             _check_train_args(parser, args)
             _train(args)
+        elif args.command == "generate":
+            print(_train_lm.generate_text(args.checkpoint, args.prompt, args.tokens,
+                                          args.temperature, args.seed))
         else:
             print(json.dumps(train.evaluate_checkpoint(args.checkpoint, args)))
     except (FileNotFoundError, CheckpointError, KeyError, ValueError) as e:

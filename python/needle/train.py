@@ -219,7 +219,8 @@ def _build(args):
 
 def _config(args) -> Dict[str, Any]:
     keys = ("model", "dataset", "data_dir", "hidden_dim", "optimizer", "lr", "weight_decay",
-            "batch_size", "epochs", "seed")
+            "batch_size", "epochs", "seed",
+            "bptt", "clip", "num_layers", "embedding_dim")  # language-model options
     return {k: getattr(args, k, None) for k in keys}
 
 
