@@ -109,3 +109,28 @@ def test_generate_samples_from_the_vocabulary():
 def test_unknown_seq_model_is_an_error():
     with pytest.raises(ValueError, match="seq_model"):
         LanguageModel(4, 10, 4, seq_model="bogus")
+
+
+def test_needle_train_and_generate_on_a_text_folder(tmp_path, capsys):
+    """`needle train --model lstm-lm --dataset text --data-dir DIR`, then `needle generate`."""
+    from needle import cli
+
+    words = "the cat sat on the mat and the dog ate the cat food".split()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("valid", 10), ("test", 10)):
+        lines = [" ".join(rng.choice(words, 8)) for _ in range(n)]
+        (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    argv = ["train", "--model", "lstm-lm", "--dataset", "text", "--data-dir", str(tmp_path),
+            "--epochs", "2", "--batch-size", "4", "--bptt", "8", "--hidden-dim", "16",
+            "--embedding-dim", "8", "--num-layers", "1", "--lr", "0.01", "--out", str(out),
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "perplexity" in text
+    assert cli.main(["generate", str(out / "best.safetensors"), "--prompt", "the cat",
+                     "--tokens", "5", "--temperature", "0.5"]) == 0
+    sample = capsys.readouterr().out.split()
+    assert sample[:2] == ["the", "cat"] and len(sample) == 7
+    assert all(w in words + ["<eos>"] for w in sample)
+    assert cli.main(["generate", str(out / "best.safetensors"), "--prompt", "zebra"]) == 2
