@@ -1,0 +1,118 @@
+"""needle vs PyTorch (CPU, 2 threads): one epoch of MLPResNet(784, 100) on Fashion-MNIST.
+
+Batch 128, Adam(lr=1e-3), BatchNorm + Dropout as in the course model; the same data order and
+the same initial weights (copied from needle) for both. Reports training samples/s and the
+ratio (target: needle >= 0.8x PyTorch).
+
+Run: python benchmarks/bench_train.py [--data-dir DIR] [--samples N] [--profile]
+The data folder comes from --data-dir, else $NEEDLE_FASHION_MNIST, else the Debian location
+/usr/share/datasets/fashion-mnist. --samples N uses the first N training images (quick run).
+"""
+import argparse
+import cProfile
+import os
+import pstats
+import time
+
+import numpy as np
+import torch
+
+from _common import print_table
+
+import needle as ndl
+import needle.nn as nn
+from needle.models import MLPResNet
+
+torch.set_num_threads(2)
+BATCH = 128
+
+
+def load(data_dir, samples):
+    paths = ndl.data.find_fashion_mnist(data_dir)
+    X, y = ndl.data.parse_mnist(paths["train_images"], paths["train_labels"])
+    return X[:samples], y[:samples]
+
+
+def needle_epoch(model, opt, X, y, order):
+    loss_fn = nn.SoftmaxLoss()
+    model.train()
+    for s in range(0, len(order), BATCH):
+        idx = order[s:s + BATCH]
+        xb = ndl.Tensor(X[idx], requires_grad=False)
+        yb = ndl.Tensor(y[idx], requires_grad=False)
+        opt.reset_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward(create_graph=False)
+        opt.step()
+
+
+def torch_model(model):
+    """The PyTorch twin of MLPResNet(784, 100) with needle's initial weights."""
+    def lin(a, b, layer):
+        m = torch.nn.Linear(a, b)
+        m.weight.data = torch.tensor(layer.weight.numpy().T.copy())
+        m.bias.data = torch.tensor(layer.bias.numpy().ravel().copy())
+        return m
+
+    class Block(torch.nn.Module):
+        def __init__(self, seq):
+            super().__init__()
+            inner = seq.modules[0].fn.modules
+            self.f = torch.nn.Sequential(lin(100, 50, inner[0]), torch.nn.BatchNorm1d(50),
+                                         torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                                         lin(50, 100, inner[4]), torch.nn.BatchNorm1d(100))
+
+        def forward(self, x):
+            return torch.relu(self.f(x) + x)
+
+    mods = model.modules
+    return torch.nn.Sequential(lin(784, 100, mods[0]), torch.nn.ReLU(),
+                               *[Block(b) for b in mods[2:-1]], lin(100, 10, mods[-1]))
+
+
+def torch_epoch(model, opt, X, y, order):
+    model.train()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for s in range(0, len(order), BATCH):
+        idx = order[s:s + BATCH]
+        xb, yb = torch.from_numpy(X[idx]), torch.from_numpy(y[idx].astype(np.int64))
+        opt.zero_grad()
+        loss_fn(model(xb), yb).backward()
+        opt.step()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", default=os.environ.get("NEEDLE_FASHION_MNIST"))
+    ap.add_argument("--samples", type=int, default=60000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="cProfile one needle epoch")
+    args = ap.parse_args()
+    X, y = load(args.data_dir, args.samples)
+    order = np.random.RandomState(0).permutation(len(X))
+    np.random.seed(0)
+    model = MLPResNet(784, 100)
+    tmodel = torch_model(model)
+    opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
+    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.runcall(needle_epoch, model, opt, X, y, order)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    nt, tt = [], []
+    for _ in range(args.repeat):  # interleaved, so machine noise hits both alike
+        t0 = time.perf_counter()
+        needle_epoch(model, opt, X, y, order)
+        nt.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch_epoch(tmodel, topt, X, y, order)
+        tt.append(time.perf_counter() - t0)
+    n_rate, t_rate = len(X) / np.median(nt), len(X) / np.median(tt)
+    print_table(f"one epoch of MLPResNet(784, 100), {len(X)} samples, batch {BATCH}, Adam "
+                f"(median of {args.repeat})",
+                [("training samples/s", n_rate, t_rate, "samples/s",
+                  f"{n_rate / t_rate:.2f}x", ">= 0.8x")])
+
+
+if __name__ == "__main__":
+    main()
