@@ -16,6 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 os.environ.setdefault("MKL_NUM_THREADS", "2")
 
 import resource  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -92,6 +93,19 @@ def _peak_rss_kib() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def paired_medians(fa, fb, repeat: int = 11, warmup: int = 2):
+    """Median times of fa and fb measured alternately (a noisy shared machine drifts; pairing
+    exposes both to the same load)."""
+    for _ in range(warmup):
+        fa()
+        fb()
+    ta, tb = [], []
+    for _ in range(repeat):
+        ta.append(median_time(fa, repeat=1, warmup=0))
+        tb.append(median_time(fb, repeat=1, warmup=0))
+    return statistics.median(ta), statistics.median(tb)
+
+
 def peak_rss_mb(framework: str) -> float:
     out = subprocess.run([sys.executable, __file__, "--rss", framework], check=True,
                          capture_output=True, text=True).stdout
@@ -118,10 +132,8 @@ def main():
     def conv_torch():
         torch.nn.functional.conv2d(tx, tw, stride=1, padding=1).sum().backward()
 
-    t_conv = median_time(conv_needle, repeat=9)
-    t_conv_torch = median_time(conv_torch, repeat=9)
-    t_step = median_time(needle_step_fn(), repeat=9)
-    t_step_torch = median_time(torch_step_fn(), repeat=9)
+    t_conv, t_conv_torch = paired_medians(conv_needle, conv_torch)
+    t_step, t_step_torch = paired_medians(needle_step_fn(), torch_step_fn())
     sps, sps_torch = BATCH / t_step, BATCH / t_step_torch
     rss, rss_torch = peak_rss_mb("needle"), peak_rss_mb("torch")
     print_table("bench_conv: needle vs torch", [
