@@ -106,7 +106,7 @@ def main():
         t_ours += t1 - t0
         t_theirs += time.perf_counter() - t1
         if step % EVAL_EVERY == 0 or step == STEPS:
-            row = (step, float(loss.numpy()), float(tloss), val_loss_needle(ours, valid),
+            row = (step, float(loss.numpy()), tloss.item(), val_loss_needle(ours, valid),
                    val_loss_torch(theirs, valid))
             curve.append(row)
             print("step %4d  train needle %.4f torch %.4f  valid needle %.4f torch %.4f" % row,
