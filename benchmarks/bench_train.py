@@ -4,7 +4,10 @@ Batch 128, Adam(lr=1e-3), BatchNorm + Dropout as in the course model; the same d
 the same initial weights (copied from needle) for both. Reports training samples/s and the
 ratio (target: needle >= 0.8x PyTorch).
 
-Run: python benchmarks/bench_train.py [--data-dir DIR] [--samples N] [--profile]
+Run: python benchmarks/bench_train.py [--data-dir DIR] [--samples N] [--threads T] [--profile]
+--threads sets PyTorch's threads; set OPENBLAS_NUM_THREADS/OMP_NUM_THREADS to the same value for
+NumPy's BLAS (it reads them at import). On a loaded machine use 1: multi-threaded BLAS slows
+down by 10x or more when the cores are oversubscribed.
 The data folder comes from --data-dir, else $NEEDLE_FASHION_MNIST, else the Debian location
 /usr/share/datasets/fashion-mnist. --samples N uses the first N training images (quick run).
 """
@@ -23,7 +26,6 @@ import needle as ndl
 import needle.nn as nn
 from needle.models import MLPResNet
 
-torch.set_num_threads(2)
 BATCH = 128
 
 
@@ -86,8 +88,10 @@ def main():
     ap.add_argument("--data-dir", default=os.environ.get("NEEDLE_FASHION_MNIST"))
     ap.add_argument("--samples", type=int, default=60000)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="cProfile one needle epoch")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     X, y = load(args.data_dir, args.samples)
     order = np.random.RandomState(0).permutation(len(X))
     np.random.seed(0)
@@ -109,7 +113,7 @@ def main():
         tt.append(time.perf_counter() - t0)
     n_rate, t_rate = len(X) / np.median(nt), len(X) / np.median(tt)
     print_table(f"one epoch of MLPResNet(784, 100), {len(X)} samples, batch {BATCH}, Adam "
-                f"(median of {args.repeat})",
+                f"(median of {args.repeat}, {args.threads} threads)",
                 [("training samples/s", n_rate, t_rate, "samples/s",
                   f"{n_rate / t_rate:.2f}x", ">= 0.8x")])
 
