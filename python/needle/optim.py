@@ -34,7 +34,9 @@ def _writable_native(p: Tensor):
     data = p.realize_cached_data()
     native = data.native
     flags = getattr(native, "flags", None)
-    if flags is not None and not (flags.writeable and flags.c_contiguous and flags.owndata):
+    # (CuPy's flags have no `writeable`; its arrays always are)
+    if flags is not None and not (getattr(flags, "writeable", True) and flags.c_contiguous
+                                  and flags.owndata):
         native = data.device.xp.array(native, order="C")
         p.cached_data = NDArray._wrap(native, data.device)
     return native
