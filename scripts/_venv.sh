@@ -21,7 +21,6 @@ sys.exit(0 if os.path.realpath(needle.__file__).startswith(root) else 1)
 PY
     ); then
         echo "installing needle[$extra] into .venv ..." >&2
-        "$VPY" -m pip install -q --upgrade pip
         "$VPY" -m pip install -q -e ".[$extra]" "$@"
     fi
 }
