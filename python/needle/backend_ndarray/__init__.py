@@ -9,6 +9,15 @@ from .ndarray import (
 BackendDevice = Device
 
 
+def array_module(native):
+    """The array module (NumPy, or CuPy through `cuda()`) that a native array belongs to."""
+    import numpy
+
+    if isinstance(native, numpy.ndarray):
+        return numpy
+    return cuda().xp
+
+
 def all_devices():
     """Every device this build knows, enabled or not."""
     return [cpu(), cuda()]
@@ -16,6 +25,7 @@ def all_devices():
 
 __all__ = [
     "NDArray", "Handle", "Device", "BackendDevice", "CPUDevice", "CUDADevice", "cpu", "cuda",
-    "cpu_numpy", "default_device", "all_devices", "array", "empty", "full", "broadcast_to",
-    "reshape", "maximum", "log", "exp", "tanh", "sum", "flip", "stack", "concatenate", "where",
+    "cpu_numpy", "default_device", "all_devices", "array_module", "array", "empty", "full",
+    "broadcast_to", "reshape", "maximum", "log", "exp", "tanh", "sum", "flip", "stack",
+    "concatenate", "where",
 ]

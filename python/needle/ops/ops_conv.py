@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import NDArray, TensorOp, is_grad_enabled
+from ..backend_ndarray import array_module
 from .ops_indexing import GetItem, dilate, flip, pad
 from .ops_mathematic import permute
 
@@ -33,11 +34,8 @@ def _windows(xn, kh: int, kw: int, stride: int, ax: int = 1):
 
 
 def _xp(xn):
-    if isinstance(xn, np.ndarray):
-        return np
-    import cupy  # pragma: no cover - only on GPU machines
-
-    return cupy  # pragma: no cover
+    """NumPy or CuPy for a native array (the backend decides; ops never import CuPy)."""
+    return array_module(xn)
 
 
 def _pad_hw(xn, lo: int, hi: int, ax: int = 1, value=0.0):
