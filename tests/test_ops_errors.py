@@ -112,3 +112,14 @@ def test_anomaly_detection_in_lazy_mode():
             pytest.raises(FloatingPointError) as info:
         y.numpy()
     assert "og" in str(info.value)
+
+
+def test_dilate_and_undilate_reject_out_of_range_axes():
+    x = ndl.Tensor(np.ones((2, 3), dtype=np.float32))
+    for fn in (ndl.dilate, ndl.undilate):
+        with pytest.raises(ValueError) as info:
+            fn(x, (0, 2), 1)
+        msg = str(info.value)
+        assert "dilate" in msg and "axis 2" in msg and "(2, 3)" in msg
+    with pytest.raises(ValueError, match="dilation must be >= 0"):
+        ndl.dilate(x, (0,), -1)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .device import update_running_stats
+
 _BLOCK = 512  # threads per row for the row-wise kernels (a multiple of 32)
 
 # Block-wide sum and max over blockDim.x threads (a multiple of 32): warp shuffles, then one
@@ -249,12 +251,7 @@ class CupyKernels:
         w = cp.ones((c,), np.float32) if weight is None else weight
         b = cp.zeros((c,), np.float32) if bias is None else bias
         y = self._kernel("batch_norm_fwd")(x, mean, rstd, w, b)
-        if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
-        if running_var is not None:
-            running_var *= 1 - momentum
-            running_var += momentum * var
+        update_running_stats(running_mean, running_var, mean, var, momentum)
         return y, mean, rstd
 
     def batch_norm_bwd(self, dy, x, mean, rstd, weight):

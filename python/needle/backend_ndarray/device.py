@@ -11,6 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 
+def update_running_stats(running_mean, running_var, mean, var, momentum: float) -> None:
+    """running = (1 - momentum) * running + momentum * batch statistic, in place (either may
+    be None)."""
+    for running, stat in ((running_mean, mean), (running_var, var)):
+        if running is not None:
+            running *= 1 - momentum
+            running += momentum * stat
+
+
 class Device:
     """A backend: the array module `xp` and the kernels that ops call on native arrays."""
 
@@ -168,12 +177,7 @@ class Device:
             y *= weight
         if bias is not None:
             y += bias
-        if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mean
-        if running_var is not None:
-            running_var *= 1 - momentum
-            running_var += momentum * var
+        update_running_stats(running_mean, running_var, mean, var, momentum)
         return y, mean, rstd
 
     def batch_norm_bwd(self, dy, x, mean, rstd, weight=None):

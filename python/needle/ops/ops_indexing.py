@@ -130,6 +130,24 @@ def pad(a, axes):
     return Pad(axes)(a)
 
 
+class _DilationOp(TensorOp):
+    __slots__ = ("axes", "dilation")
+
+    def __init__(self, axes, dilation: int):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        self.dilation = int(dilation)
+        if self.dilation < 0:
+            raise ValueError(f"{type(self).__name__.lower()}: dilation must be >= 0, "
+                             f"got {dilation}")
+
+    def _axes(self, a: NDArray):
+        for ax in self.axes:
+            if not -a.ndim <= ax < a.ndim:
+                raise ValueError(f"{type(self).__name__.lower()}: axis {ax} out of range for "
+                                 f"shape {a.shape}")
+        return [ax % a.ndim for ax in self.axes]
+
+
 def _dilation_index(ndim, axes, dilation):
     index = [slice(None)] * ndim
     for ax in axes:
@@ -137,19 +155,15 @@ def _dilation_index(ndim, axes, dilation):
     return tuple(index)
 
 
-class Dilate(TensorOp):
+class Dilate(_DilationOp):
     """Insert `dilation` zeros after every element along each axis in `axes`."""
 
-    __slots__ = ("axes", "dilation")
-
-    def __init__(self, axes, dilation: int):
-        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
-        self.dilation = int(dilation)
+    __slots__ = ()
 
     def compute(self, a: NDArray):
         if self.dilation == 0:
             return a
-        axes = [ax % a.ndim for ax in self.axes if -a.ndim <= ax < a.ndim]
+        axes = self._axes(a)
         shape = tuple(n * (1 + self.dilation) if i in axes else n
                       for i, n in enumerate(a.shape))
         out = a.device.zeros(shape, dtype=a.dtype)
@@ -164,19 +178,15 @@ def dilate(a, axes, dilation):
     return Dilate(axes, dilation)(a)
 
 
-class UnDilate(TensorOp):
+class UnDilate(_DilationOp):
     """Keep every (dilation + 1)-th element along each axis in `axes` (inverse of dilate)."""
 
-    __slots__ = ("axes", "dilation")
-
-    def __init__(self, axes, dilation: int):
-        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
-        self.dilation = int(dilation)
+    __slots__ = ()
 
     def compute(self, a: NDArray):
         if self.dilation == 0:
             return a
-        axes = [ax % a.ndim for ax in self.axes if -a.ndim <= ax < a.ndim]
+        axes = self._axes(a)
         return a.select(_dilation_index(a.ndim, axes, self.dilation))
 
     def gradient(self, out_grad, node):

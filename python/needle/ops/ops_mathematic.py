@@ -83,6 +83,15 @@ def reduce_nd(grad: NDArray, shape: tuple) -> NDArray:
     return grad.reshape(shape)
 
 
+class _ScalarOp(TensorOp):
+    """An op with one Tensor input and a Python-number attribute `scalar`."""
+
+    __slots__ = ("scalar",)
+
+    def __init__(self, scalar):
+        self.scalar = _scalar(scalar)
+
+
 # ---- elementwise binary -----------------------------------------------------------------------
 class EWiseAdd(TensorOp):
     __slots__ = ()
@@ -105,11 +114,8 @@ def add(a, b):
     return EWiseAdd()(a, b)
 
 
-class AddScalar(TensorOp):
-    __slots__ = ("scalar",)
-
-    def __init__(self, scalar):
-        self.scalar = _scalar(scalar)
+class AddScalar(_ScalarOp):
+    __slots__ = ()
 
     def compute(self, a: NDArray):
         return a + self.scalar
@@ -147,11 +153,8 @@ def multiply(a, b):
     return EWiseMul()(a, b)
 
 
-class MulScalar(TensorOp):
-    __slots__ = ("scalar",)
-
-    def __init__(self, scalar):
-        self.scalar = _scalar(scalar)
+class MulScalar(_ScalarOp):
+    __slots__ = ()
 
     def compute(self, a: NDArray):
         return a * self.scalar
@@ -188,13 +191,10 @@ def power(a, b):
     return EWisePow()(a, b)
 
 
-class PowerScalar(TensorOp):
+class PowerScalar(_ScalarOp):
     """a ** scalar for a number `scalar` (int, negative or fractional)."""
 
-    __slots__ = ("scalar",)
-
-    def __init__(self, scalar):
-        self.scalar = _scalar(scalar)
+    __slots__ = ()
 
     def compute(self, a: NDArray):
         return a ** self.scalar
@@ -222,13 +222,10 @@ def power_scalar(a, scalar):
     return PowerScalar(scalar)(a)
 
 
-class ScalarPower(TensorOp):
+class ScalarPower(_ScalarOp):
     """scalar ** a (the reflected power `2 ** t`)."""
 
-    __slots__ = ("scalar",)
-
-    def __init__(self, scalar):
-        self.scalar = _scalar(scalar)
+    __slots__ = ()
 
     def compute(self, a: NDArray):
         return self.scalar ** a
@@ -260,11 +257,8 @@ def divide(a, b):
     return EWiseDiv()(a, b)
 
 
-class DivScalar(TensorOp):
-    __slots__ = ("scalar",)
-
-    def __init__(self, scalar):
-        self.scalar = _scalar(scalar)
+class DivScalar(_ScalarOp):
+    __slots__ = ()
 
     def compute(self, a: NDArray):
         return a / self.scalar
