@@ -58,6 +58,31 @@ def test_bad_flags():
     _one_line_error(_needle("train", "--optimizer", "lbfgs"), "--optimizer")
     _one_line_error(_needle("train", "--epochs", "0"), "--epochs must be >= 1")
     _one_line_error(_needle("fly"), "invalid choice")
+    _one_line_error(_needle("train", "--dataset", "imagenet"), "--dataset", "'imagenet'",
+                    "neither a dataset name", "mnist-small")
+
+
+def test_cosine_schedule_and_resume(tmp_path, capsys):
+    """--schedule cosine anneals the per-epoch lr to 0 over --epochs (each record holds the lr
+    its epoch trained at), and a resumed run continues the schedule where it stopped."""
+    import math
+
+    common = ["train", "--dataset", "tiny-mnist-cli", "--batch-size", "64", "--hidden-dim",
+              "16", "--lr", "0.01", "--schedule", "cosine", "--no-progress"]
+    out = tmp_path / "full"
+    assert cli.main(common + ["--epochs", "4", "--out", str(out)]) == 0
+    full = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    expect = [0.01 * (1 + math.cos(math.pi * t / 4)) / 2 for t in range(4)]
+    assert [r["lr"] for r in full] == pytest.approx(expect, rel=1e-12)
+    part = tmp_path / "part"
+    assert cli.main(common + ["--epochs", "2", "--out", str(part)]) == 0
+    # the schedule's length is --epochs, so resume a 2-epoch run's checkpoint as a 4-epoch one
+    resumed = tmp_path / "resumed"
+    assert cli.main(common + ["--epochs", "4", "--out", str(resumed), "--resume",
+                              str(part / "last.safetensors")]) == 0
+    again = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in again[2:]] == pytest.approx(expect[2:], rel=1e-12)
+    capsys.readouterr()
 
 
 @pytest.mark.skipif(os.path.isdir("/usr/share/datasets/fashion-mnist"),

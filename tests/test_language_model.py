@@ -1,4 +1,6 @@
 """LanguageModel, truncated BPTT training (the hw4 *_ptb functions) and generation."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -133,4 +135,15 @@ def test_needle_train_and_generate_on_a_text_folder(tmp_path, capsys):
     sample = capsys.readouterr().out.split()
     assert sample[:2] == ["the", "cat"] and len(sample) == 7
     assert all(w in words + ["<eos>"] for w in sample)
+    # `--dataset DIR` is the same as `--dataset text --data-dir DIR`
+    argv2 = list(argv)
+    k = argv2.index("text")
+    argv2[k - 1:k + 3] = ["--dataset", str(tmp_path)]
+    argv2[argv2.index("--out") + 1] = str(tmp_path / "run2")
+    assert cli.main(argv2) == 0
+    first = (out / "metrics.jsonl").read_text().splitlines()
+    second = (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "seconds"} for x in first]
+    assert strip == [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                     for x in second]
     assert cli.main(["generate", str(out / "best.safetensors"), "--prompt", "zebra"]) == 2

@@ -137,3 +137,52 @@ def test_course_gradient_checker_on_float64(f, shapes):
     args = [ndl.Tensor(rng.standard_normal(s) + (2.0 if f is ops.divide else 0.0))
             for s in shapes]
     _course_gradient_check(f, *args)
+
+
+def _torch_bn_train(x, w, b, axes):
+    mean = x.mean(dim=axes, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=axes, keepdim=True)
+    shape = [1 if i in axes else n for i, n in enumerate(x.shape)]
+    return (x - mean) / torch.sqrt(var + 1e-5) * w.reshape(shape) + b.reshape(shape)
+
+
+@pytest.mark.parametrize("kind", ["layer_norm", "batch_norm", "batch_norm_nchw"])
+def test_fused_norm_first_and_second_order_vs_torch(kind):
+    """The fused LayerNorm / BatchNorm ops: outputs and first derivatives (both backward
+    paths) against torch, then second derivatives of x, weight and bias."""
+    rng = np.random.default_rng(3)
+    if kind == "layer_norm":
+        x = rng.standard_normal((2, 3, 5))
+        nfn = lambda a, w, b: ops.layer_norm(a, w, b)  # noqa: E731
+        tfn = lambda a, w, b: torch.nn.functional.layer_norm(a, (5,), w, b)  # noqa: E731
+        d = 5
+    else:
+        axes = (0,) if kind == "batch_norm" else (0, 2, 3)
+        x = rng.standard_normal((6, 4) if kind == "batch_norm" else (3, 4, 2, 3))
+        nfn = lambda a, w, b: ops.batch_norm_train(a, w, b, axes)  # noqa: E731
+        tfn = lambda a, w, b: _torch_bn_train(a, w, b, axes)  # noqa: E731
+        d = 4
+    w, b = rng.standard_normal(d), rng.standard_normal(d)
+    g = rng.standard_normal(x.shape)
+    tt = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
+    tfn(*tt).backward(torch.tensor(g))
+    for create_graph in (True, False):
+        ts = [ndl.Tensor(a) for a in (x, w, b)]
+        out = nfn(*ts)
+        np.testing.assert_allclose(out.numpy(), tfn(*[torch.tensor(a) for a in (x, w, b)])
+                                   .numpy(), rtol=1e-10, atol=1e-10)
+        out.backward(ndl.Tensor(g, requires_grad=False), create_graph=create_graph)
+        for t, ref in zip(ts, tt):
+            np.testing.assert_allclose(t.grad.numpy(), ref.grad.numpy(), rtol=1e-8,
+                                       atol=1e-10)
+    check_second_order(nfn, tfn, x, w, b, rtol=1e-7, atol=1e-9)
+
+
+def test_batch_norm_train_updates_running_stats_once():
+    x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    out = ops.batch_norm_train(ndl.Tensor(x), axes=(0,), running_mean=rm, running_var=rv,
+                               momentum=0.25)
+    out.sum().backward()
+    np.testing.assert_allclose(rm, 0.25 * x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(rv, 0.75 + 0.25 * x.var(0), rtol=1e-6)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -32,13 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--model", default="mlp-resnet", choices=sorted(train.MODELS))
-    t.add_argument("--dataset", default="mnist-small", choices=sorted(train.DATASETS))
+    t.add_argument("--dataset", default="mnist-small", metavar="NAME|DIR",
+                   help=f"one of {', '.join(sorted(train.DATASETS))}, or a folder with "
+                        f"train.txt and valid.txt/test.txt (same as --dataset text --data-dir "
+                        f"DIR)")
     t.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--optimizer", default="adam", choices=sorted(optim.OPTIMIZERS))
     t.add_argument("--lr", type=float, default=0.002)
     t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                   help="learning rate per epoch: constant, or cosine annealing to 0 over "
+                        "--epochs")
+    t.add_argument("--augment", action="store_true",
+                   help="fashion-mnist: random horizontal flips and shifts of up to 2 pixels "
+                        "(cifar10 always flips and shifts by up to 4)")
     t.add_argument("--hidden-dim", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/latest", help="output folder")
@@ -52,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--embedding-dim", type=int, default=None, help="LM: embedding width")
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("checkpoint")
-    e.add_argument("--dataset", default=None, choices=sorted(train.DATASETS))
+    e.add_argument("--dataset", default=None, metavar="NAME|DIR")
     e.add_argument("--data-dir", default=None)
     g = sub.add_parser("generate", help="sample text from a language-model checkpoint")
     g.add_argument("checkpoint")
@@ -61,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--seed", type=int, default=0)
     return parser
+
+
+def _resolve_dataset(parser, args) -> None:
+    """`--dataset DIR` (a folder of text files) means `--dataset text --data-dir DIR`."""
+    name = args.dataset
+    if name is None or name in train.DATASETS:
+        return
+    if os.path.isdir(name):
+        if args.data_dir is not None:
+            parser.error(f"--dataset {name} is a folder; do not also pass --data-dir")
+        args.dataset, args.data_dir = "text", name
+        return
+    parser.error(f"--dataset: {name!r} is neither a dataset name "
+                 f"({', '.join(sorted(train.DATASETS))}) nor a folder")
 
 
 def _check_train_args(parser, args) -> None:
@@ -117,6 +141,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.command in ("train", "eval"):
+            _resolve_dataset(parser, args)
         if args.command == "train":
             _check_train_args(parser, args)
             _train(args)

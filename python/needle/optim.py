@@ -47,7 +47,8 @@ class Optimizer:
 
     `state` maps a parameter to a dict of native arrays (momentum, moments, ...). Subclasses
     list their hyperparameter names in `hyperparameter_names` (saved by `state_dict`) and
-    implement `_update(p, w, g, state)` on native arrays.
+    implement `_update(w, g, state)` on native arrays; `step` sets `self.device` to the
+    parameter's device first, for rules that call a fused device kernel (Adam).
     """
 
     hyperparameter_names: tuple = ("lr",)
@@ -91,6 +92,7 @@ class Optimizer:
             state = self.state.get(p)
             if state is None:
                 state = self.state[p] = {}
+            self.device = p.cached_data.device  # for rules that call a device kernel
             self._update(w, g, state)
 
     def _update(self, w, g, state: Dict[str, Any]) -> None:
@@ -195,28 +197,17 @@ class Adam(Optimizer):
         self.weight_decay = weight_decay
 
     def _update(self, w, g, state):
-        if self.weight_decay:
-            if self.decoupled:
-                w *= 1.0 - self.lr * self.weight_decay
-            else:
-                g = g + self.weight_decay * w
-        b1, b2 = self.beta1, self.beta2
+        # the rule is `Device.adam_update` (one CuPy kernel per parameter on cuda()):
+        # g += wd*w (or w *= 1 - lr*wd), m = b1 m + (1-b1) g, v = b2 v + (1-b2) g^2,
+        # w -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
         m = state.get("m")
         if m is None:
             m = state["m"] = w * 0
             v = state["v"] = w * 0
         else:
             v = state["v"]
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
-        bc1 = 1.0 - b1 ** self.t
-        bc2 = 1.0 - b2 ** self.t
-        denom = v / bc2
-        denom **= 0.5
-        denom += self.eps
-        w -= (self.lr / bc1) * m / denom
+        self.device.adam_update(w, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.t,
+                                self.weight_decay, self.decoupled)
 
 
 class AdamW(Adam):

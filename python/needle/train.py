@@ -26,6 +26,7 @@ from . import init, nn, optim
 from .autograd import no_grad
 from .data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
 from .data.data_basic import NDArrayDataset
+from .data.data_transforms import RandomCrop, RandomFlipHorizontal
 from .serialization import load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -190,9 +191,11 @@ def mnist_small(args) -> DatasetInfo:
 
 @register_dataset("fashion-mnist")
 def fashion_mnist(args) -> DatasetInfo:
-    """Fashion-MNIST 60000/10000 from --data-dir or the Debian location."""
+    """Fashion-MNIST 60000/10000 from --data-dir or the Debian location. With --augment the
+    training images are flipped left-right (p=0.5) and shifted by up to 2 pixels."""
     paths = find_fashion_mnist(getattr(args, "data_dir", None))
-    train = MNISTDataset(paths["train_images"], paths["train_labels"])
+    augment = [RandomFlipHorizontal(), RandomCrop(2)] if getattr(args, "augment", False) else None
+    train = MNISTDataset(paths["train_images"], paths["train_labels"], transforms=augment)
     test = MNISTDataset(paths["test_images"], paths["test_labels"])
     return DatasetInfo("fashion-mnist", train, test, input_shape=(784,), num_classes=10)
 
@@ -217,9 +220,19 @@ def _build(args):
     return info, model, optimizer, task, train_data, eval_data
 
 
+def _scheduler(optimizer: optim.Optimizer, args):
+    """--schedule: None (constant) or a per-epoch CosineAnnealing over --epochs."""
+    schedule = getattr(args, "schedule", None) or "constant"
+    if schedule == "constant":
+        return None
+    if schedule == "cosine":
+        return optim.CosineAnnealing(optimizer, T_max=args.epochs)
+    raise ValueError(f"--schedule: unknown schedule {schedule!r} (constant, cosine)")
+
+
 def _config(args) -> Dict[str, Any]:
     keys = ("model", "dataset", "data_dir", "hidden_dim", "optimizer", "lr", "weight_decay",
-            "batch_size", "epochs", "seed",
+            "batch_size", "epochs", "seed", "schedule", "augment",
             "bptt", "clip", "num_layers", "embedding_dim")  # language-model options
     return {k: getattr(args, k, None) for k in keys}
 
@@ -254,7 +267,8 @@ def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str,
     """
     init.manual_seed(args.seed)
     info, model, optimizer, task, train_data, eval_data = _build(args)
-    trainer = Trainer(model, optimizer, task, train_data, eval_data)
+    trainer = Trainer(model, optimizer, task, train_data, eval_data,
+                      scheduler=_scheduler(optimizer, args))
     for plugin in TRAINER_PLUGINS:
         plugin(trainer, args)
     history: List[Dict[str, Any]] = []
@@ -268,6 +282,9 @@ def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str,
         trainer.epoch = int(ckpt.meta.get("epoch", 0))
         trainer.global_step = int(ckpt.meta.get("global_step", 0))
         history = list(ckpt.meta.get("history", []))
+        if trainer.scheduler is not None:  # the lr of the epoch we resume at
+            trainer.scheduler.last_step = trainer.epoch
+            optimizer.lr = trainer.scheduler.lr_at(trainer.epoch)
         for loader in (trainer.train_data,):
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(trainer.epoch)
@@ -286,11 +303,12 @@ def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str,
     record: Dict[str, Any] = history[-1] if history else {}
     while trainer.epoch < args.epochs:
         t0 = time.perf_counter()
+        lr = optimizer.lr  # the rate this epoch trains at (a scheduler moves it at the end)
         train_metrics = trainer.train_epoch()
         eval_metrics = trainer.evaluate()
         record = {"epoch": trainer.epoch, **{f"train_{k}": v for k, v in train_metrics.items()},
                   **{f"eval_{k}": v for k, v in eval_metrics.items()},
-                  "seconds": round(time.perf_counter() - t0, 3), "lr": optimizer.lr}
+                  "seconds": round(time.perf_counter() - t0, 3), "lr": lr}
         history.append(record)
         improved = best is None or (record[key] > best if task.higher_is_better
                                     else record[key] < best)

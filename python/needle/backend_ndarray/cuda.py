@@ -222,18 +222,18 @@ class CUDADevice(Device):
         return k.layer_norm_bwd(dy, x, mean, rstd, weight)  # pragma: no cover
 
     def batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1):
+                       running_var=None, momentum=0.1, axes=(0,)):
         k = self._fused(x, weight, bias)
-        if k is None or x.ndim != 2:
+        if k is None or x.ndim != 2 or tuple(axes) != (0,):
             return super().batch_norm_fwd(x, weight, bias, eps, running_mean, running_var,
-                                          momentum)
+                                          momentum, axes)
         return k.batch_norm_fwd(x, weight, bias, eps, running_mean, running_var,
                                 momentum)  # pragma: no cover
 
-    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None):
+    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
         k = self._fused(dy, x, mean, rstd, weight)
-        if k is None or x.ndim != 2:
-            return super().batch_norm_bwd(dy, x, mean, rstd, weight)
+        if k is None or x.ndim != 2 or tuple(axes) != (0,):
+            return super().batch_norm_bwd(dy, x, mean, rstd, weight, axes)
         return k.batch_norm_bwd(dy, x, mean, rstd, weight)  # pragma: no cover
 
     def adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,

@@ -20,6 +20,11 @@ def update_running_stats(running_mean, running_var, mean, var, momentum: float) 
             running += momentum * stat
 
 
+def _keep_shape(shape, axes):
+    """`shape` with the axes in `axes` set to 1 (the shape of keepdims statistics)."""
+    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+
+
 class Device:
     """A backend: the array module `xp` and the kernels that ops call on native arrays."""
 
@@ -131,18 +136,23 @@ class Device:
     def layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
         """y = (x - mean) * rstd * weight + bias over the last axis of x (..., D).
 
-        weight/bias are (D,) or None. Returns (y, mean, rstd), the statistics of shape x.shape[:-1].
+        weight/bias are (D,) or None. Returns (y, mean, rstd), the statistics of shape
+        x.shape[:-1]. Row sums are BLAS matrix-vector products and `einsum`s (one pass each).
         """
         xp = self.xp
-        mean = x.mean(axis=-1, keepdims=True)
-        xc = x - mean
-        rstd = (1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)).astype(x.dtype)
-        y = xc * rstd
+        d = x.shape[-1]
+        x2 = x.reshape(-1, d)
+        mean = x2 @ xp.full((d,), 1.0 / d, dtype=x.dtype)
+        y = x2 - mean[:, None]
+        var = xp.einsum("ij,ij->i", y, y) / d
+        rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+        y *= rstd[:, None]
         if weight is not None:
             y *= weight
         if bias is not None:
             y += bias
-        return y, mean[..., 0], rstd[..., 0]
+        lead = x.shape[:-1]
+        return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
 
     def layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
         """Gradients of `layer_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
@@ -150,50 +160,79 @@ class Device:
         dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), xh = (x - mean) * rstd and
         dxh = dy * weight, means over the last axis.
         """
-        xh = (x - mean[..., None]) * rstd[..., None]
-        dxh = dy * weight if weight is not None else dy
-        dx = rstd[..., None] * (dxh - dxh.mean(axis=-1, keepdims=True)
-                                - xh * (dxh * xh).mean(axis=-1, keepdims=True))
-        if weight is None:
-            return dx, None, None
-        lead = tuple(range(x.ndim - 1))
-        return dx, (dy * xh).sum(axis=lead), dy.sum(axis=lead)
+        xp = self.xp
+        d = x.shape[-1]
+        x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d)
+        r = rstd.reshape(-1, 1)
+        xh = x2 - mean.reshape(-1, 1)
+        xh *= r
+        if weight is not None:
+            dw = xp.einsum("ij,ij->j", dy2, xh)
+            db = (xp.ones((1, x2.shape[0]), dtype=dy.dtype) @ dy2).reshape(d)
+            dxh = dy2 * weight
+        else:
+            dw = db = None
+            dxh = dy2
+        c1 = dxh @ xp.full((d,), 1.0 / d, dtype=x.dtype)
+        c2 = xp.einsum("ij,ij->i", dxh, xh) / d
+        xh *= c2[:, None]
+        dx = dxh - c1[:, None]
+        dx -= xh
+        dx *= r
+        return dx.reshape(x.shape), dw, db
 
     def batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1):
-        """Training-mode batch norm over axis 0 of x (N, C): y = (x - mean) * rstd * w + b.
+                       running_var=None, momentum=0.1, axes=(0,)):
+        """Training-mode batch norm: statistics over `axes` of x ((0,) for (N, C), (0, 2, 3)
+        for NCHW); y = (x - mean) * rstd * w + b with w, b of the channel shape (C,).
 
         Updates running_mean/running_var (C,) in place when given, with the biased batch
         variance (course rule: r = (1 - momentum) * r + momentum * batch_stat).
         Returns (y, mean (C,), rstd (C,)).
         """
         xp = self.xp
-        mean = x.mean(axis=0)
+        axes = tuple(axes)
+        keep = _keep_shape(x.shape, axes)
+        mean = x.mean(axis=axes, keepdims=True)
         xc = x - mean
-        var = (xc * xc).mean(axis=0)
+        var = (xc * xc).mean(axis=axes, keepdims=True)
         rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        y = xc * rstd
+        y = xc
+        y *= rstd
         if weight is not None:
-            y *= weight
+            y *= weight.reshape(keep)
         if bias is not None:
-            y += bias
-        update_running_stats(running_mean, running_var, mean, var, momentum)
-        return y, mean, rstd
+            y += bias.reshape(keep)
+        chan = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+        update_running_stats(running_mean, running_var, mean.reshape(chan), var.reshape(chan),
+                             momentum)
+        return y, mean.reshape(chan), rstd.reshape(chan)
 
-    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None):
+    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
         """Gradients of `batch_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
 
-        With db = sum_n dy and dw = sum_n dy * xh:  dx = w * rstd * (dy - (db + xh * dw) / N).
+        With db = sum dy and dw = sum dy * xh over `axes` (N values each):
+        dx = w * rstd * (dy - (db + xh * dw) / N).
         """
-        n = x.shape[0]
-        xh = (x - mean) * rstd
-        db = dy.sum(axis=0)
-        dw = (dy * xh).sum(axis=0)
-        scale = rstd * weight if weight is not None else rstd
-        dx = scale * (dy - (db + xh * dw) / n)
+        axes = tuple(axes)
+        keep = _keep_shape(x.shape, axes)
+        n = 1
+        for i in axes:
+            n *= x.shape[i]
+        mean, rstd = mean.reshape(keep), rstd.reshape(keep)
+        xh = x - mean
+        xh *= rstd
+        db = dy.sum(axis=axes, keepdims=True)
+        dw = (dy * xh).sum(axis=axes, keepdims=True)
+        scale = rstd * weight.reshape(keep) if weight is not None else rstd
+        xh *= dw
+        xh += db
+        xh *= -1.0 / n
+        xh += dy
+        xh *= scale
         if weight is None:
-            return dx, None, None
-        return dx, dw, db
+            return xh, None, None
+        return xh, dw.reshape(weight.shape), db.reshape(weight.shape)
 
     def adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
                     decoupled=False):

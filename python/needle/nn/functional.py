@@ -50,7 +50,12 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
 
 
 def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float = 1e-5):
-    """Normalize over the last axis of any-rank x, then scale and shift by (dim,) tensors."""
+    """Normalize over the last axis of any-rank x, then scale and shift by (dim,) tensors.
+
+    One fused op (the device's layer-norm kernels) when weight and bias are both given or
+    both None."""
+    if (weight is None) == (bias is None):
+        return ops.layer_norm(x, weight, bias, eps)
     y = ops.standardize(x, -1, eps)
     if weight is not None:
         y = y * weight
@@ -70,14 +75,11 @@ def batch_norm(x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Ten
     shape = x.shape
     chan_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
     if training:
-        if running_mean is not None:
-            xn = x.realize_cached_data().native
-            mean = xn.mean(axis=axes)
-            var = xn.var(axis=axes)
-            rm, rv = running_mean.realize_cached_data(), running_var.realize_cached_data()
-            rm.native[...] = (1 - momentum) * rm.native + momentum * mean
-            rv.native[...] = (1 - momentum) * rv.native + momentum * var
-        y = ops.standardize(x, axes, eps)
+        rm = running_mean.realize_cached_data().native if running_mean is not None else None
+        rv = running_var.realize_cached_data().native if running_var is not None else None
+        if (weight is None) == (bias is None):  # one fused op: statistics computed once
+            return ops.batch_norm_train(x, weight, bias, axes, eps, rm, rv, momentum)
+        y = ops.batch_norm_train(x, None, None, axes, eps, rm, rv, momentum)
     else:
         m = ops.reshape(running_mean.detach(), chan_shape)
         s = ops.reshape((running_var.detach() + eps) ** -0.5, chan_shape)

@@ -20,7 +20,9 @@ from .ops_mathematic import (
     normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape, sigmoid, sqrt,
     summation, tanh, to_device, transpose,
 )
-from .ops_norm import Standardize, standardize
+from .ops_norm import (
+    BatchNorm, LayerNorm, Standardize, batch_norm_train, layer_norm, standardize,
+)
 from .ops_sequence import (
     GRULayer, LSTMLayer, RNNLayer, gru_layer, lstm_layer, rnn_layer,
 )

@@ -40,12 +40,13 @@ class ScaledDotProductAttention(TensorOp):
     shape broadcastable to (..., L, S). `is_causal` masks positions j > i.
     """
 
-    __slots__ = ("mask", "is_causal", "scale")
+    __slots__ = ("mask", "is_causal", "scale", "probs")
 
     def __init__(self, mask=None, is_causal: bool = False, scale=None):
         self.mask = mask  # native additive array or None (set by the function below)
         self.is_causal = is_causal
         self.scale = scale
+        self.probs = None  # the forward's attention weights, kept for `gradient_nd`
 
     def _check(self, q: NDArray, k: NDArray, v: NDArray):
         if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
@@ -77,19 +78,24 @@ class ScaledDotProductAttention(TensorOp):
 
     def compute(self, q: NDArray, k: NDArray, v: NDArray):
         self._check(q, k, v)
-        return NDArray._wrap(self._probs(q, k) @ v.native, q.device)
+        # kept for the backward (B*H*L*S floats); a constant output (no grad) drops the op
+        self.probs = p = self._probs(q, k)
+        return NDArray._wrap(p @ v.native, q.device)
 
     def gradient_nd(self, g: NDArray, node):
         q, k, v = (x.cached_data for x in node.inputs)
         xp = q.device.xp
-        p = self._probs(q, k)
+        p = self.probs if self.probs is not None else self._probs(q, k)
         gn = g.native
         dv = xp.swapaxes(p, -1, -2) @ gn
-        dp = gn @ xp.swapaxes(v.native, -1, -2)
-        ds = p * (dp - (dp * p).sum(axis=-1, keepdims=True))
-        ds *= self._scale(q.shape)
+        ds = gn @ xp.swapaxes(v.native, -1, -2)  # dP, turned into dS in place:
+        ds -= xp.einsum("...ij,...ij->...i", ds, p)[..., None]
+        ds *= p
+        scale = self._scale(q.shape)
         dq = ds @ k.native
+        dq *= scale
         dk = xp.swapaxes(ds, -1, -2) @ q.native
+        dk *= scale
         dev = q.device
         return NDArray._wrap(dq, dev), NDArray._wrap(dk, dev), NDArray._wrap(dv, dev)
 

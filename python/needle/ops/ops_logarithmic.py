@@ -104,10 +104,15 @@ def logsoftmax(a, axes=-1):
 class SoftmaxCrossEntropy(TensorOp):
     """Mean over the batch of logsumexp(z_i) - z_i[y_i]: logits (B, K), integer labels (B,).
 
-    One pass forward; the gradient (softmax(z) - onehot(y)) / B is built from ops.
+    Runs the device's fused kernels (`Device.softmax_cross_entropy_fwd/bwd`), keeping the
+    forward's per-row logsumexp for the backward; the graph gradient
+    (softmax(z) - onehot(y)) / B is built from ops.
     """
 
-    __slots__ = ()
+    __slots__ = ("lse",)
+
+    def __init__(self):
+        self.lse = None
 
     def compute(self, z: NDArray, y: NDArray):
         if z.ndim != 2:
@@ -116,16 +121,12 @@ class SoftmaxCrossEntropy(TensorOp):
         if y.shape != (z.shape[0],):
             raise ValueError(f"softmax_cross_entropy: labels of shape {y.shape} do not match "
                              f"logits of shape {z.shape}; expected ({z.shape[0]},)")
-        xp = z.device.xp
         labels = y.native.astype(np.int64)
         if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= z.shape[1]):
             raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {z.shape[1]}), "
                              f"got values from {int(labels.min())} to {int(labels.max())}")
-        zn = z.native
-        m = zn.max(axis=1, keepdims=True)
-        lse = xp.log(xp.exp(zn - m).sum(axis=1)) + m[:, 0]
-        picked = zn[xp.arange(zn.shape[0]), labels]
-        return NDArray._wrap(xp.asarray((lse - picked).mean(), dtype=zn.dtype), z.device)
+        loss, self.lse = z.device.softmax_cross_entropy_fwd(z.native, labels)
+        return NDArray._wrap(loss, z.device)
 
     def gradient(self, out_grad, node):
         z, y = node.inputs
@@ -140,11 +141,9 @@ class SoftmaxCrossEntropy(TensorOp):
 
     def gradient_nd(self, g, node):
         z = node.inputs[0].cached_data
-        labels = node.inputs[1].cached_data.native.astype(np.int64)
-        p = _softmax(z, (1,)).native
-        p[z.device.xp.arange(p.shape[0]), labels] -= 1
-        p *= g.native / p.shape[0]
-        return NDArray._wrap(p, z.device), None
+        labels = node.inputs[1].cached_data.native
+        dz = z.device.softmax_cross_entropy_bwd(z.native, labels, self.lse, g.native)
+        return NDArray._wrap(dz, z.device), None
 
 
 def softmax_cross_entropy(logits, labels):

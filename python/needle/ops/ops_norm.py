@@ -1,15 +1,20 @@
-"""Standardization (x - mean) / sqrt(var + eps) over some axes, fused into one op.
+"""Normalization ops: standardization over some axes, and layer norm / training batch norm
+with their affine transform, each fused into one op.
 
-The core of LayerNorm (last axis) and BatchNorm (batch axes). Forward is one pass of NumPy
-reductions; `gradient` is built from ops as a function of x (exact to every order), and
-`gradient_nd` is the fused formula dx = inv_std * (g - mean(g) - y * mean(g * y)) on NDArrays.
+`Standardize` is (x - mean) / sqrt(var + eps) over `axes` (GroupNorm, InstanceNorm).
+`LayerNorm` and `BatchNorm` add the scale and shift and call the device's fused kernels
+(`Device.layer_norm_fwd/bwd`, `batch_norm_fwd/bwd`: one CuPy kernel each on cuda(), a
+composition over NumPy on cpu()); they keep the forward's mean and 1/std for the backward, so
+neither pass computes the statistics twice. `gradient` is built from ops as a function of x
+(exact to every order); `gradient_nd` is the fused formula
+dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), dxh = g * weight, on native arrays.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..autograd import NDArray, TensorOp
-from .ops_mathematic import broadcast_to, normalize_axes, summation
+from .ops_mathematic import broadcast_to, normalize_axes, reshape, summation
 
 
 def _count(shape, axes):
@@ -52,11 +57,7 @@ class Standardize(TensorOp):
         def mean_b(t):
             return broadcast_to(summation(t, axes, keepdims=True) / n, shape)
 
-        xc = x - mean_b(x)
-        inv = broadcast_to((summation(xc * xc, axes, keepdims=True) / n + self.eps) ** -0.5,
-                           shape)
-        y = xc * inv
-        return inv * (out_grad - mean_b(out_grad) - y * mean_b(out_grad * y))
+        return (_standardize_grad(x, out_grad, axes, self.eps),)
 
     def gradient_nd(self, g: NDArray, node):
         axes, _, inv = self._stats(node.inputs[0].cached_data)
@@ -69,3 +70,155 @@ class Standardize(TensorOp):
 
 def standardize(x, axes=-1, eps=1e-5):
     return Standardize(axes, eps)(x)
+
+
+def _standardize_grad(x, g, axes, eps):
+    """d/dx of sum(g * standardize(x)) over `axes`, built from ops (differentiable again)."""
+    shape = x.shape
+    n = _count(shape, axes)
+
+    def mean_b(t):
+        return broadcast_to(summation(t, axes, keepdims=True) / n, shape)
+
+    xc = x - mean_b(x)
+    inv = broadcast_to((summation(xc * xc, axes, keepdims=True) / n + eps) ** -0.5, shape)
+    y = xc * inv
+    return inv * (g - mean_b(g) - y * mean_b(g * y))
+
+
+class _AffineNorm(TensorOp):
+    """Shared by LayerNorm and BatchNorm: inputs (x,) or (x, weight, bias), statistics over
+    `axes`, weight and bias of the shape left after reducing them (broadcast as `keep`)."""
+
+    __slots__ = ("eps", "stats")
+
+    def _axes(self, ndim):
+        """The axes the statistics are taken over."""
+        raise NotImplementedError
+
+    def _param_axes(self, ndim):
+        """The axes weight and bias are broadcast along (their gradients sum over these)."""
+        raise NotImplementedError
+
+    def gradient(self, out_grad, node):
+        x = node.inputs[0]
+        axes = self._axes(len(x.shape))
+        if len(node.inputs) == 1:
+            return (_standardize_grad(x, out_grad, axes, self.eps),)
+        w = node.inputs[1]
+        p_axes = self._param_axes(len(x.shape))
+        keep = tuple(1 if i in p_axes else n for i, n in enumerate(x.shape))
+        w_b = broadcast_to(reshape(w, keep), x.shape)
+        dx = _standardize_grad(x, out_grad * w_b, axes, self.eps)
+        xh = standardize(x, axes, self.eps)
+        dw = reshape(summation(out_grad * xh, p_axes), w.shape)
+        db = reshape(summation(out_grad, p_axes), w.shape)
+        return dx, dw, db
+
+
+class LayerNorm(_AffineNorm):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis of x (..., D);
+    weight and bias (D,), both given or both absent."""
+
+    __slots__ = ()
+
+    def __init__(self, eps: float = 1e-5):
+        self.eps = float(eps)
+        self.stats = None
+
+    def _axes(self, ndim):
+        return (ndim - 1,)
+
+    def _param_axes(self, ndim):
+        return tuple(range(ndim - 1))
+
+    def compute(self, x: NDArray, weight: NDArray = None, bias: NDArray = None):
+        if x.ndim == 0 or x.shape[-1] == 0:
+            raise ValueError(f"layer_norm: input of shape {x.shape} has no last axis to "
+                             f"normalize")
+        if weight is not None and (weight.shape != (x.shape[-1],) or
+                                   bias.shape != (x.shape[-1],)):
+            raise ValueError(f"layer_norm: weight {weight.shape} and bias {bias.shape} must "
+                             f"be ({x.shape[-1]},) for input of shape {x.shape}")
+        dev = x.device
+        y, mean, rstd = dev.layer_norm_fwd(
+            x.native, None if weight is None else weight.native,
+            None if bias is None else bias.native, self.eps)
+        self.stats = (mean, rstd)
+        return NDArray._wrap(y, dev)
+
+    def gradient_nd(self, g: NDArray, node):
+        x = node.inputs[0].cached_data
+        w = node.inputs[1].cached_data.native if len(node.inputs) > 1 else None
+        dev = x.device
+        dx, dw, db = dev.layer_norm_bwd(g.native, x.native, *self.stats, w)
+        if w is None:
+            return (NDArray._wrap(dx, dev),)
+        return NDArray._wrap(dx, dev), NDArray._wrap(dw, dev), NDArray._wrap(db, dev)
+
+
+class BatchNorm(_AffineNorm):
+    """Training-mode batch norm: statistics over `axes` of x ((0,) for (N, C), (0, 2, 3) for
+    NCHW), times weight plus bias of the channel shape (both given or both absent). The running
+    statistics (native arrays of the channel shape, or None) are updated in place by the
+    forward, with the biased batch variance (course rule)."""
+
+    __slots__ = ("axes", "running_mean", "running_var", "momentum")
+
+    def __init__(self, axes=(0,), eps: float = 1e-5, running_mean=None, running_var=None,
+                 momentum: float = 0.1):
+        self.axes = tuple(axes)
+        self.eps = float(eps)
+        self.running_mean, self.running_var = running_mean, running_var
+        self.momentum = momentum
+        self.stats = None
+
+    def _axes(self, ndim):
+        return self.axes
+
+    _param_axes = _axes
+
+    def compute(self, x: NDArray, weight: NDArray = None, bias: NDArray = None):
+        axes = normalize_axes("batch_norm", self.axes, x.ndim)
+        if not axes or _count(x.shape, axes) == 0:
+            raise ValueError(f"batch_norm: nothing to average over axes {self.axes} of input "
+                             f"{x.shape}")
+        self.axes = axes
+        chan = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+        if weight is not None and (weight.shape != chan or bias.shape != chan):
+            raise ValueError(f"batch_norm: weight {weight.shape} and bias {bias.shape} must "
+                             f"be {chan} for input of shape {x.shape} over axes {axes}")
+        dev = x.device
+        y, mean, rstd = dev.batch_norm_fwd(
+            x.native, None if weight is None else weight.native,
+            None if bias is None else bias.native, self.eps, self.running_mean,
+            self.running_var, self.momentum, axes)
+        self.running_mean = self.running_var = None  # updated once; the op holds no buffers
+        self.stats = (mean, rstd)
+        return NDArray._wrap(y, dev)
+
+    def gradient_nd(self, g: NDArray, node):
+        x = node.inputs[0].cached_data
+        w = node.inputs[1].cached_data.native if len(node.inputs) > 1 else None
+        dev = x.device
+        dx, dw, db = dev.batch_norm_bwd(g.native, x.native, *self.stats, w, self.axes)
+        if w is None:
+            return (NDArray._wrap(dx, dev),)
+        return NDArray._wrap(dx, dev), NDArray._wrap(dw, dev), NDArray._wrap(db, dev)
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """Fused layer norm over the last axis; `weight` and `bias` (D,) both or neither."""
+    if (weight is None) != (bias is None):
+        raise ValueError("layer_norm: pass weight and bias together (or neither)")
+    op = LayerNorm(eps)
+    return op(x) if weight is None else op(x, weight, bias)
+
+
+def batch_norm_train(x, weight=None, bias=None, axes=(0,), eps=1e-5, running_mean=None,
+                     running_var=None, momentum=0.1):
+    """Fused training-mode batch norm (see `BatchNorm`); running stats are native arrays."""
+    if (weight is None) != (bias is None):
+        raise ValueError("batch_norm: pass weight and bias together (or neither)")
+    op = BatchNorm(axes, eps, running_mean, running_var, momentum)
+    return op(x) if weight is None else op(x, weight, bias)
