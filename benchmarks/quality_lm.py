@@ -11,6 +11,10 @@ between windows and reset each epoch, Adam/SGD with the same lr and weight decay
 gradient clipping, the same per-epoch validation pass. Prints both per-epoch curves (needle's
 from RUN/metrics.jsonl), the gap and the wall times, and writes RUN/quality_vs_torch.json and
 RUN/quality_vs_torch.png.
+
+Every run (the Transformer LM too, which has no twin here) is also compared with the unigram
+baseline: the cross-entropy of the validation text under the training text's character (or
+word) frequencies, the loss of a model that ignores context.
 """
 import json
 import os
@@ -92,15 +96,27 @@ def run_epoch(model, windows, opt=None, clip=None):
     return loss_sum / n_sum
 
 
+def unigram_baseline(train_ids, valid_ids, vocab_size):
+    """Cross-entropy (nats/token) of valid under the add-one-smoothed training frequencies."""
+    counts = np.bincount(np.asarray(train_ids, np.int64), minlength=vocab_size) + 1.0
+    logp = np.log(counts / counts.sum())
+    return float(-logp[np.asarray(valid_ids, np.int64)].mean())
+
+
 def main():
     ckpt = load_checkpoint(os.path.join(RUN, "last.safetensors"))
     config = ckpt.meta["config"]
     args = train._Namespace(**config)
+    init.manual_seed(args.seed)  # exactly as train.run_training builds its model
+    info, model, _, task, train_data, eval_data = train._build(args)
+    ours = [json.loads(x) for x in open(os.path.join(RUN, "metrics.jsonl"))]
+    base = unigram_baseline(info.train, info.eval, info.num_classes)
+    print(f"unigram baseline (validation cross-entropy under training frequencies): "
+          f"{base:.4f} nats/token; needle's validation loss by epoch: "
+          + ", ".join(f"{r['eval_loss']:.4f}" for r in ours))
     kind = {"lstm-lm": "lstm", "gru-lm": "gru", "rnn-lm": "rnn"}.get(args.model)
     if kind is None:
         sys.exit(f"quality_lm: {RUN} trained {args.model!r}; only recurrent LMs have a twin here")
-    init.manual_seed(args.seed)  # exactly as train.run_training builds its model
-    info, model, _, task, train_data, eval_data = train._build(args)
     E = model.embedding.weight.shape[1]
     H = model.linear.weight.shape[0]
     L = getattr(args, "num_layers", None) or LM_DEFAULTS["num_layers"]
@@ -113,7 +129,6 @@ def main():
         opt = torch.optim.SGD(theirs.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     else:
         sys.exit(f"quality_lm: optimizer {args.optimizer!r} has no twin here (adam, sgd)")
-    ours = [json.loads(x) for x in open(os.path.join(RUN, "metrics.jsonl"))]
     rows, torch_seconds = [], 0.0
     print(f"{args.model} on {args.dataset}: E={E} H={H} L={L} B={args.batch_size} "
           f"bptt={args.bptt or LM_DEFAULTS['bptt']} {args.optimizer} lr={args.lr} clip={clip}, "
@@ -135,7 +150,8 @@ def main():
     print(f"wall (train+valid per epoch as logged by needle train): needle "
           f"{sum(r['needle_seconds'] for r in rows):.0f} s; torch training {torch_seconds:.0f} s")
     with open(os.path.join(RUN, "quality_vs_torch.json"), "w") as f:
-        json.dump({"config": config, "rows": rows, "torch_train_seconds": torch_seconds}, f,
+        json.dump({"config": config, "rows": rows, "torch_train_seconds": torch_seconds,
+                   "unigram_baseline": base}, f,
                   indent=1)
     import matplotlib
 

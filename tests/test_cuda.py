@@ -271,6 +271,8 @@ OPS = [
      [_rand(6, 5)]),
     ("standardize", lambda a: ops.standardize(a, -1), [_rand(4, 6)]),
     ("standardize_batch", lambda a: ops.standardize(a, (0,)), [_rand(6, 3)]),
+    ("linear", lambda a, w, b: ops.linear(a, w, b),
+     [_rand(2, 3, 4), _rand(4, 5, seed=1), _rand(5, seed=2)]),
     ("layer_norm", lambda a, w, b: ops.layer_norm(a, w, b),
      [_rand(2, 4, 6), _rand(6, seed=1), _rand(6, seed=2)]),
     ("batch_norm", lambda a, w, b: ops.batch_norm_train(a, w, b),

@@ -41,6 +41,8 @@ CASES = {
     "transpose": (lambda a: ops.transpose(a), [(2, 3, 4)], False),
     "standardize_last": (lambda a: ops.standardize(a, -1), [(3, 5)], False),
     "standardize_batch": (lambda a: ops.standardize(a, (0, 2)), [(4, 3, 5)], False),
+    "linear": (lambda a, w, b: ops.linear(a, w, b), [(2, 3, 4), (4, 5), (1, 5)], False),
+    "linear_nobias": (lambda a, w: ops.linear(a, w), [(3, 4), (4, 5)], False),
     "layer_norm": (lambda a, w, b: ops.layer_norm(a, w, b), [(2, 3, 5), (5,), (5,)], False),
     "layer_norm_plain": (lambda a: ops.layer_norm(a), [(3, 5)], False),
     "batch_norm": (lambda a, w, b: ops.batch_norm_train(a, w, b), [(6, 4), (4,), (4,)], False),

@@ -178,6 +178,14 @@ def test_fused_norm_first_and_second_order_vs_torch(kind):
     check_second_order(nfn, tfn, x, w, b, rtol=1e-7, atol=1e-9)
 
 
+def test_linear_op_second_order_vs_torch():
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5)), \
+        rng.standard_normal((1, 5))
+    check_second_order(lambda a, c, d: ops.linear(a, c, d) ** 2,
+                       lambda a, c, d: (a @ c + d) ** 2, x, w, b)
+
+
 def test_batch_norm_train_updates_running_stats_once():
     x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
     rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)

@@ -25,6 +25,16 @@ def _keep_shape(shape, axes):
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
 
+def _einsum_sum(xp, axes, a, b=None):
+    """sum over `axes` of a (or of a * b) in one pass, as an einsum (no temporary product);
+    the result keeps the other axes in order."""
+    letters = "abcdefghijklmnopqrstuvwxyz"[:a.ndim]
+    out = "".join(c for i, c in enumerate(letters) if i not in axes)
+    if b is None:
+        return xp.einsum(f"{letters}->{out}", a)
+    return xp.einsum(f"{letters},{letters}->{out}", a, b)
+
+
 class Device:
     """A backend: the array module `xp` and the kernels that ops call on native arrays."""
 
@@ -193,20 +203,20 @@ class Device:
         xp = self.xp
         axes = tuple(axes)
         keep = _keep_shape(x.shape, axes)
-        mean = x.mean(axis=axes, keepdims=True)
-        xc = x - mean
-        var = (xc * xc).mean(axis=axes, keepdims=True)
+        n = 1
+        for i in axes:
+            n *= x.shape[i]
+        mean = _einsum_sum(xp, axes, x) / n  # (C,)
+        y = x - mean.reshape(keep)
+        var = _einsum_sum(xp, axes, y, y) / n
         rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
-        y = xc
-        y *= rstd
+        y *= rstd.reshape(keep)
         if weight is not None:
             y *= weight.reshape(keep)
         if bias is not None:
             y += bias.reshape(keep)
-        chan = tuple(n for i, n in enumerate(x.shape) if i not in axes)
-        update_running_stats(running_mean, running_var, mean.reshape(chan), var.reshape(chan),
-                             momentum)
-        return y, mean.reshape(chan), rstd.reshape(chan)
+        update_running_stats(running_mean, running_var, mean, var, momentum)
+        return y, mean, rstd
 
     def batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
         """Gradients of `batch_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
@@ -219,11 +229,12 @@ class Device:
         n = 1
         for i in axes:
             n *= x.shape[i]
+        xp = self.xp
         mean, rstd = mean.reshape(keep), rstd.reshape(keep)
         xh = x - mean
         xh *= rstd
-        db = dy.sum(axis=axes, keepdims=True)
-        dw = (dy * xh).sum(axis=axes, keepdims=True)
+        db = _einsum_sum(xp, axes, dy).reshape(keep)
+        dw = _einsum_sum(xp, axes, dy, xh).reshape(keep)
         scale = rstd * weight.reshape(keep) if weight is not None else rstd
         xh *= dw
         xh += db

@@ -10,10 +10,14 @@ from ..autograd import Tensor
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """x @ weight + bias; weight is (in, out) (course layout), bias (out,) or (1, out)."""
+    """x @ weight + bias; weight is (in, out) (course layout), bias (out,) or (1, out).
+
+    One fused op (`ops.linear`) for inputs of 2 or more dimensions."""
     if x.shape[-1] != weight.shape[0]:
         raise ValueError(f"linear: input features {x.shape[-1]} do not match weight of shape "
                          f"{weight.shape} (in_features, out_features); input shape {x.shape}")
+    if x.ndim >= 2 and weight.ndim == 2:
+        return ops.linear(x, weight, bias)
     if x.ndim > 2:
         lead = x.shape[:-1]
         y = ops.matmul(ops.reshape(x, (-1, x.shape[-1])), weight)

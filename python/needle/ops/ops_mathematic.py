@@ -461,6 +461,57 @@ def matmul(a, b):
     return MatMul()(a, b)
 
 
+class Linear(TensorOp):
+    """x @ weight + bias as one op: x (..., in), weight (in, out), bias (out,) or (1, out)
+    (course layout), or x @ weight without a bias. Forward adds the bias in place into the
+    product; the fast backward takes the bias gradient as one matrix-vector product."""
+
+    __slots__ = ()
+
+    def compute(self, x: NDArray, w: NDArray, b: NDArray = None):
+        if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
+            raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
+                             f"{w.shape} (in_features, out_features)")
+        if b is not None and b.size != w.shape[1]:
+            raise ValueError(f"linear: bias of shape {b.shape} for {w.shape[1]} outputs")
+        if x.dtype != w.dtype:
+            raise TypeError(f"linear: dtypes differ: input {x.dtype}, weight {w.dtype}")
+        xn = x.native
+        out = xn.reshape(-1, w.shape[0]) @ w.native
+        if b is not None:
+            out += b.native.reshape(-1)
+        return NDArray._wrap(out.reshape(x.shape[:-1] + (w.shape[1],)), x.device)
+
+    def gradient(self, out_grad, node):
+        x, w = node.inputs[0], node.inputs[1]
+        n_in, n_out = w.shape
+        g2 = reshape(out_grad, (-1, n_out))
+        x2 = reshape(x, (-1, n_in))
+        gx = reshape(matmul(g2, transpose(w)), x.shape)
+        gw = matmul(transpose(x2), g2)
+        if len(node.inputs) == 2:
+            return gx, gw
+        return gx, gw, reshape(summation(g2, (0,)), node.inputs[2].shape)
+
+    def gradient_nd(self, g, node):
+        x, w = node.inputs[0].cached_data, node.inputs[1].cached_data
+        xp, dev = x.device.xp, x.device
+        n_in, n_out = w.shape
+        g2 = g.native.reshape(-1, n_out)
+        gx = (g2 @ w.native.T).reshape(x.shape)
+        gw = x.native.reshape(-1, n_in).T @ g2
+        if len(node.inputs) == 2:
+            return NDArray._wrap(gx, dev), NDArray._wrap(gw, dev)
+        b = node.inputs[2].cached_data
+        gb = (xp.ones((1, g2.shape[0]), dtype=g2.dtype) @ g2).reshape(b.shape)
+        return NDArray._wrap(gx, dev), NDArray._wrap(gw, dev), NDArray._wrap(gb, dev)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight + bias in one op (see `Linear`)."""
+    return Linear()(x, weight) if bias is None else Linear()(x, weight, bias)
+
+
 # ---- reductions -------------------------------------------------------------------------------
 def _keepdims_shape(shape, axes):
     if axes is None:
