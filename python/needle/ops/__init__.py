@@ -14,8 +14,8 @@ from .ops_logarithmic import (
 )
 from .ops_mathematic import (
     AddScalar, BroadcastTo, DivScalar, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Linear, Log,
-    MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, Reshape, ScalarPower, Sigmoid,
-    Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
+    MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, Reshape, ScalarPower,
+    Sigmoid, Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
     divide_scalar, exp, linear, log, matmul, max, maximum, mean, mul_scalar, multiply, negate,
     normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape, sigmoid, sqrt,
     summation, tanh, to_device, transpose,
