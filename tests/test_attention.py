@@ -19,7 +19,9 @@ def _t(a):
 
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("create_graph", [True, False])
-@pytest.mark.parametrize("shape", [((2, 3, 5, 4), (2, 3, 5, 4)), ((2, 4, 3), (2, 6, 3))])
+@pytest.mark.parametrize("shape", [((2, 3, 5, 4), (2, 3, 5, 4)), ((2, 4, 3), (2, 6, 3)),
+                                   # causal L >= 64: the query-block path (uneven last block)
+                                   ((2, 2, 100, 8), (2, 2, 100, 8)), ((1, 64, 4), (1, 64, 4))])
 def test_sdpa_matches_torch(is_causal, create_graph, shape):
     rng = np.random.default_rng(0)
     qs, ks = shape
@@ -117,7 +119,8 @@ def test_multihead_attention_matches_torch(batch_first, cross):
 def test_transformer_encoder_layer_matches_torch(norm_first, batch_first, causal):
     torch.manual_seed(1)
     rng = np.random.default_rng(4)
-    E, h, F, L, N = 8, 2, 16, 5, 3
+    E, h, F, N = 8, 2, 16, 3
+    L = 70 if causal else 5  # causal at L >= 64 runs attention's query-block fast path
     layer = nn.TransformerEncoderLayer(E, h, F, 0.0, batch_first=batch_first,
                                        norm_first=norm_first)
     tlayer = torch.nn.TransformerEncoderLayer(E, h, F, 0.0, batch_first=batch_first,

@@ -111,6 +111,8 @@ class MultiheadAttention(Module):
                 scores = scores + Tensor.make_const(mask_nd)
             probs = F.dropout(ops.softmax(scores, -1), self.dropout, True)
             out = ops.matmul(probs, v)
+        elif is_causal and attn_mask is None and key_padding_mask is None and L == S:
+            out = ops.scaled_dot_product_attention(q, k, v, is_causal=True)  # block fast path
         else:
             out = ops.scaled_dot_product_attention(q, k, v, mask=mask)
         out = ops.reshape(ops.permute(out, (0, 2, 1, 3)), (N, L, E))

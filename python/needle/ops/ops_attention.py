@@ -40,12 +40,15 @@ class ScaledDotProductAttention(TensorOp):
     shape broadcastable to (..., L, S). `is_causal` masks positions j > i.
     """
 
-    __slots__ = ("mask", "is_causal", "scale", "probs")
+    __slots__ = ("mask", "is_causal", "scale", "probs", "causal_only")
 
-    def __init__(self, mask=None, is_causal: bool = False, scale=None):
+    def __init__(self, mask=None, is_causal: bool = False, scale=None, causal_only=False):
         self.mask = mask  # native additive array or None (set by the function below)
         self.is_causal = is_causal
         self.scale = scale
+        # `mask` is exactly the causal mask of a square (L, L) problem: the fast paths work in
+        # query blocks and skip the key blocks that every query of the block masks out
+        self.causal_only = causal_only
         self.probs = None  # the forward's attention weights, kept for `gradient_nd`
 
     def _check(self, q: NDArray, k: NDArray, v: NDArray):
@@ -76,8 +79,57 @@ class ScaledDotProductAttention(TensorOp):
         s /= xp.where(total == 0, 1, total)
         return s
 
+    def _blocks(self, L: int):
+        """Query row blocks (r0, r1) for the causal fast path, or None for one full block.
+
+        Block b attends to keys [0, r1) only; with n blocks the score matmuls and the softmax
+        cover (n + 1) / (2 n) of the full L x L matrix."""
+        if not self.causal_only or L < 64:
+            return None
+        size = -(-L // min(8, L // 32))
+        return [(r0, min(L, r0 + size)) for r0 in range(0, L, size)]
+
+    def _causal_forward(self, q: NDArray, k: NDArray, v: NDArray, blocks):
+        xp = q.device.xp
+        qn, kn, vn = q.native, k.native, v.native
+        scale = self._scale(q.shape)
+        out = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=qn.dtype)
+        probs = []
+        for r0, r1 in blocks:
+            s = qn[..., r0:r1, :] @ xp.swapaxes(kn[..., :r1, :], -1, -2)
+            s *= scale
+            s += self.mask[r0:r1, :r1]
+            s -= s.max(axis=-1, keepdims=True)  # every causal row keeps its diagonal: finite
+            xp.exp(s, out=s)
+            s /= s.sum(axis=-1, keepdims=True)
+            out[..., r0:r1, :] = s @ vn[..., :r1, :]
+            probs.append(s)
+        return out, probs
+
+    def _causal_backward(self, g, q: NDArray, k: NDArray, v: NDArray, blocks, probs):
+        xp = q.device.xp
+        qn, kn, vn = q.native, k.native, v.native
+        scale = self._scale(q.shape)
+        dq = xp.empty_like(qn)
+        dk = xp.zeros_like(kn)
+        dv = xp.zeros_like(vn)
+        for (r0, r1), p in zip(blocks, probs):
+            gb = g[..., r0:r1, :]
+            dv[..., :r1, :] += xp.swapaxes(p, -1, -2) @ gb
+            ds = gb @ xp.swapaxes(vn[..., :r1, :], -1, -2)
+            ds -= xp.einsum("...ij,...ij->...i", ds, p)[..., None]
+            ds *= p
+            ds *= scale
+            dq[..., r0:r1, :] = ds @ kn[..., :r1, :]
+            dk[..., :r1, :] += xp.swapaxes(ds, -1, -2) @ qn[..., r0:r1, :]
+        return dq, dk, dv
+
     def compute(self, q: NDArray, k: NDArray, v: NDArray):
         self._check(q, k, v)
+        blocks = self._blocks(q.shape[-2])
+        if blocks is not None:
+            out, self.probs = self._causal_forward(q, k, v, blocks)
+            return NDArray._wrap(out, q.device)
         # kept for the backward (B*H*L*S floats); a constant output (no grad) drops the op
         self.probs = p = self._probs(q, k)
         return NDArray._wrap(p @ v.native, q.device)
@@ -85,6 +137,14 @@ class ScaledDotProductAttention(TensorOp):
     def gradient_nd(self, g: NDArray, node):
         q, k, v = (x.cached_data for x in node.inputs)
         xp = q.device.xp
+        blocks = self._blocks(q.shape[-2])
+        if blocks is not None:
+            probs = self.probs
+            if probs is None:
+                probs = self._causal_forward(q, k, v, blocks)[1]
+            dq, dk, dv = self._causal_backward(g.native, q, k, v, blocks, probs)
+            dev = q.device
+            return NDArray._wrap(dq, dev), NDArray._wrap(dk, dev), NDArray._wrap(dv, dev)
         p = self.probs if self.probs is not None else self._probs(q, k)
         gn = g.native
         dv = xp.swapaxes(p, -1, -2) @ gn
@@ -122,6 +182,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
     positions that may be attended (True); a float mask is added to the scores.
     """
     data = q.realize_cached_data()
-    additive = _additive_mask(mask, is_causal, q.shape[-2], k.shape[-2], data.device,
-                              data.dtype)
-    return ScaledDotProductAttention(additive, is_causal, scale)(q, k, v)
+    L, S = q.shape[-2], k.shape[-2]
+    additive = _additive_mask(mask, is_causal, L, S, data.device, data.dtype)
+    causal_only = is_causal and mask is None and L == S
+    return ScaledDotProductAttention(additive, is_causal, scale, causal_only)(q, k, v)
