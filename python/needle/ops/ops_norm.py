@@ -100,6 +100,19 @@ class _AffineNorm(TensorOp):
         """The axes weight and bias are broadcast along (their gradients sum over these)."""
         raise NotImplementedError
 
+    def _backward(self, dev, dy, x, w):
+        """(dx, dw, db) on native arrays from the device's fused backward and `self.stats`."""
+        raise NotImplementedError
+
+    def gradient_nd(self, g: NDArray, node):
+        x = node.inputs[0].cached_data
+        w = node.inputs[1].cached_data.native if len(node.inputs) > 1 else None
+        dev = x.device
+        dx, dw, db = self._backward(dev, g.native, x.native, w)
+        if w is None:
+            return (NDArray._wrap(dx, dev),)
+        return NDArray._wrap(dx, dev), NDArray._wrap(dw, dev), NDArray._wrap(db, dev)
+
     def gradient(self, out_grad, node):
         x = node.inputs[0]
         axes = self._axes(len(x.shape))
@@ -147,14 +160,8 @@ class LayerNorm(_AffineNorm):
         self.stats = (mean, rstd)
         return NDArray._wrap(y, dev)
 
-    def gradient_nd(self, g: NDArray, node):
-        x = node.inputs[0].cached_data
-        w = node.inputs[1].cached_data.native if len(node.inputs) > 1 else None
-        dev = x.device
-        dx, dw, db = dev.layer_norm_bwd(g.native, x.native, *self.stats, w)
-        if w is None:
-            return (NDArray._wrap(dx, dev),)
-        return NDArray._wrap(dx, dev), NDArray._wrap(dw, dev), NDArray._wrap(db, dev)
+    def _backward(self, dev, dy, x, w):
+        return dev.layer_norm_bwd(dy, x, *self.stats, w)
 
 
 class BatchNorm(_AffineNorm):
@@ -197,14 +204,8 @@ class BatchNorm(_AffineNorm):
         self.stats = (mean, rstd)
         return NDArray._wrap(y, dev)
 
-    def gradient_nd(self, g: NDArray, node):
-        x = node.inputs[0].cached_data
-        w = node.inputs[1].cached_data.native if len(node.inputs) > 1 else None
-        dev = x.device
-        dx, dw, db = dev.batch_norm_bwd(g.native, x.native, *self.stats, w, self.axes)
-        if w is None:
-            return (NDArray._wrap(dx, dev),)
-        return NDArray._wrap(dx, dev), NDArray._wrap(dw, dev), NDArray._wrap(db, dev)
+    def _backward(self, dev, dy, x, w):
+        return dev.batch_norm_bwd(dy, x, *self.stats, w, self.axes)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
