@@ -44,6 +44,8 @@ CASES = {
     "linear": (lambda a, w, b: ops.linear(a, w, b), [(2, 3, 4), (4, 5), (1, 5)], False),
     "linear_nobias": (lambda a, w: ops.linear(a, w), [(3, 4), (4, 5)], False),
     "layer_norm": (lambda a, w, b: ops.layer_norm(a, w, b), [(2, 3, 5), (5,), (5,)], False),
+    "layer_norm_row_params": (lambda a, w, b: ops.layer_norm(a, w, b), [(3, 5), (1, 5), (1, 5)],
+                              False),
     "layer_norm_plain": (lambda a: ops.layer_norm(a), [(3, 5)], False),
     "batch_norm": (lambda a, w, b: ops.batch_norm_train(a, w, b), [(6, 4), (4,), (4,)], False),
     "batch_norm_nchw": (lambda a, w, b: ops.batch_norm_train(a, w, b, (0, 2, 3)),

@@ -106,12 +106,13 @@ class _AffineNorm(TensorOp):
 
     def gradient_nd(self, g: NDArray, node):
         x = node.inputs[0].cached_data
-        w = node.inputs[1].cached_data.native if len(node.inputs) > 1 else None
         dev = x.device
-        dx, dw, db = self._backward(dev, g.native, x.native, w)
-        if w is None:
-            return (NDArray._wrap(dx, dev),)
-        return NDArray._wrap(dx, dev), NDArray._wrap(dw, dev), NDArray._wrap(db, dev)
+        if len(node.inputs) == 1:
+            return (NDArray._wrap(self._backward(dev, g.native, x.native, None)[0], dev),)
+        w, b = node.inputs[1].cached_data, node.inputs[2].cached_data
+        dx, dw, db = self._backward(dev, g.native, x.native, w.native.reshape(-1))
+        return (NDArray._wrap(dx, dev), NDArray._wrap(dw.reshape(w.shape), dev),
+                NDArray._wrap(db.reshape(b.shape), dev))
 
     def gradient(self, out_grad, node):
         x = node.inputs[0]
@@ -125,13 +126,13 @@ class _AffineNorm(TensorOp):
         dx = _standardize_grad(x, out_grad * w_b, axes, self.eps)
         xh = standardize(x, axes, self.eps)
         dw = reshape(summation(out_grad * xh, p_axes), w.shape)
-        db = reshape(summation(out_grad, p_axes), w.shape)
+        db = reshape(summation(out_grad, p_axes), node.inputs[2].shape)
         return dx, dw, db
 
 
 class LayerNorm(_AffineNorm):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis of x (..., D);
-    weight and bias (D,), both given or both absent."""
+    weight and bias of D elements ((D,) or (1, D)), both given or both absent."""
 
     __slots__ = ()
 
@@ -149,14 +150,14 @@ class LayerNorm(_AffineNorm):
         if x.ndim == 0 or x.shape[-1] == 0:
             raise ValueError(f"layer_norm: input of shape {x.shape} has no last axis to "
                              f"normalize")
-        if weight is not None and (weight.shape != (x.shape[-1],) or
-                                   bias.shape != (x.shape[-1],)):
+        d = x.shape[-1]
+        if weight is not None and (weight.size != d or bias.size != d):
             raise ValueError(f"layer_norm: weight {weight.shape} and bias {bias.shape} must "
-                             f"be ({x.shape[-1]},) for input of shape {x.shape}")
+                             f"have {d} elements for input of shape {x.shape}")
         dev = x.device
         y, mean, rstd = dev.layer_norm_fwd(
-            x.native, None if weight is None else weight.native,
-            None if bias is None else bias.native, self.eps)
+            x.native, None if weight is None else weight.native.reshape(d),
+            None if bias is None else bias.native.reshape(d), self.eps)
         self.stats = (mean, rstd)
         return NDArray._wrap(y, dev)
 
@@ -192,13 +193,15 @@ class BatchNorm(_AffineNorm):
                              f"{x.shape}")
         self.axes = axes
         chan = tuple(n for i, n in enumerate(x.shape) if i not in axes)
-        if weight is not None and (weight.shape != chan or bias.shape != chan):
+        c = _count(x.shape, [i for i in range(x.ndim) if i not in axes])
+        if weight is not None and (weight.size != c or bias.size != c):
             raise ValueError(f"batch_norm: weight {weight.shape} and bias {bias.shape} must "
-                             f"be {chan} for input of shape {x.shape} over axes {axes}")
+                             f"have the {chan} channel shape's {c} elements for input of "
+                             f"shape {x.shape} over axes {axes}")
         dev = x.device
         y, mean, rstd = dev.batch_norm_fwd(
-            x.native, None if weight is None else weight.native,
-            None if bias is None else bias.native, self.eps, self.running_mean,
+            x.native, None if weight is None else weight.native.reshape(-1),
+            None if bias is None else bias.native.reshape(-1), self.eps, self.running_mean,
             self.running_var, self.momentum, axes)
         self.running_mean = self.running_var = None  # updated once; the op holds no buffers
         self.stats = (mean, rstd)
