@@ -97,3 +97,26 @@ def test_softmax_cross_entropy_fast_matches_graph_and_torch():
     torch.nn.functional.cross_entropy(tz, torch.tensor(y)).backward()
     np.testing.assert_allclose(out[0], tz.grad.numpy(), rtol=1e-10)
     np.testing.assert_allclose(out[1], tz.grad.numpy(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_recurrent_layer_backward_recomputes_dropped_gates(kind):
+    """The LSTM/GRU layer ops keep their gates for the backward; without them (an op computed
+    elsewhere, e.g. lazily) the backward recomputes them and gives the same gradients."""
+    rng = np.random.default_rng(0)
+    T, B, H = 4, 3, 5
+    G = 4 if kind == "lstm" else 3
+    arrays = [rng.standard_normal((T, B, G * H)), rng.standard_normal((H, G * H)) * 0.3]
+    arrays += [rng.standard_normal(G * H)] if kind == "gru" else []
+    arrays += [rng.standard_normal((B, H))] * (2 if kind == "lstm" else 1)
+    layer = ops.lstm_layer if kind == "lstm" else ops.gru_layer
+    grads = []
+    for drop in (False, True):
+        xs = [ndl.Tensor(a) for a in arrays]
+        out = layer(*xs)
+        if drop:
+            out.op.__init__()  # forget what the forward kept
+        (out * out).sum().backward(create_graph=False)
+        grads.append([x.grad.numpy() for x in xs])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -2,8 +2,8 @@
 
 The input projection `X @ W_ih + b` for all time steps is one matmul done by the caller (it is
 the op's input `xw`), so the loop only multiplies by `W_hh`. `compute` runs the loop on native
-arrays; `gradient_nd` is backpropagation through time written by hand (one matmul per step,
-one matmul for dW_hh at the end); `gradient` re-runs the layer with primitive ops and
+arrays and keeps the gates for the backward; `gradient_nd` is backpropagation through time
+written by hand (one matmul per step, one matmul for dW_hh at the end); `gradient` re-runs the layer with primitive ops and
 differentiates that, so the graph gradient is exact to every order.
 
 Weights use needle's (in, out) layout: `W_hh` is (H, G*H) with gate column blocks in PyTorch's
@@ -104,7 +104,10 @@ class LSTMLayer(TensorOp):
     Output (T, B, 2H): `[..., :H]` is h_t and `[..., H:]` is c_t for every step.
     """
 
-    __slots__ = ()
+    __slots__ = ("acts",)
+
+    def __init__(self):
+        self.acts = None  # the forward's activated gates, kept for `gradient_nd`
 
     def _forward(self, xw: NDArray, w_hh: NDArray, h0: NDArray, c0: NDArray):
         hidden = _check("LSTM", xw, w_hh, 4, (h0, c0))
@@ -126,12 +129,16 @@ class LSTMLayer(TensorOp):
         return out, acts
 
     def compute(self, xw, w_hh, h0, c0):
-        return NDArray._wrap(self._forward(xw, w_hh, h0, c0)[0], xw.device)
+        # the gates (T*B*4H floats) are kept for the backward; a constant output drops the op
+        out, self.acts = self._forward(xw, w_hh, h0, c0)
+        return NDArray._wrap(out, xw.device)
 
     def gradient_nd(self, g: NDArray, node):
         xw, w_hh, h0, c0 = (x.cached_data for x in node.inputs)
         xp = xw.device.xp
-        out, acts = self._forward(xw, w_hh, h0, c0)  # recompute the gates (pure compute)
+        if self.acts is None:  # not computed here (e.g. lazy mode): recompute, pure compute
+            self.acts = self._forward(xw, w_hh, h0, c0)[1]
+        out, acts = node.cached_data.native, self.acts
         hid = w_hh.shape[0]
         w, gn = w_hh.native, g.native
         steps = out.shape[0]
@@ -192,7 +199,10 @@ class GRULayer(TensorOp):
     h' = (1 - z) n + z h.
     """
 
-    __slots__ = ()
+    __slots__ = ("saved",)
+
+    def __init__(self):
+        self.saved = None  # the forward's gates and h W_hn + b_hn, kept for `gradient_nd`
 
     def _forward(self, xw, w_hh, b_hh, h0):
         hid = _check("GRU", xw, w_hh, 3, (h0,))
@@ -215,12 +225,15 @@ class GRULayer(TensorOp):
         return out, acts, hhn
 
     def compute(self, xw, w_hh, b_hh, h0):
-        return NDArray._wrap(self._forward(xw, w_hh, b_hh, h0)[0], xw.device)
+        out, *self.saved = self._forward(xw, w_hh, b_hh, h0)
+        return NDArray._wrap(out, xw.device)
 
     def gradient_nd(self, g: NDArray, node):
         xw, w_hh, b_hh, h0 = (x.cached_data for x in node.inputs)
         xp = xw.device.xp
-        out, acts, hhn = self._forward(xw, w_hh, b_hh, h0)
+        if self.saved is None:  # not computed here (e.g. lazy mode): recompute
+            self.saved = self._forward(xw, w_hh, b_hh, h0)[1:]
+        out, (acts, hhn) = node.cached_data.native, self.saved
         hid = w_hh.shape[0]
         w, gn = w_hh.native, g.native
         dx = xp.empty(acts.shape, dtype=acts.dtype)
