@@ -3,8 +3,9 @@
 The input projection `X @ W_ih + b` for all time steps is one matmul done by the caller (it is
 the op's input `xw`), so the loop only multiplies by `W_hh`. `compute` runs the loop on native
 arrays and keeps the gates for the backward; `gradient_nd` is backpropagation through time
-written by hand (one matmul per step, one matmul for dW_hh at the end); `gradient` re-runs the layer with primitive ops and
-differentiates that, so the graph gradient is exact to every order.
+written by hand (one matmul per step, one matmul for dW_hh at the end); `gradient` re-runs
+the layer with primitive ops and differentiates that, so the graph gradient is exact to every
+order.
 
 Weights use needle's (in, out) layout: `W_hh` is (H, G*H) with gate column blocks in PyTorch's
 order (LSTM i, f, g, o; GRU r, z, n).
