@@ -99,3 +99,15 @@ def test_corrupt_checkpoint(tmp_path):
     _one_line_error(_needle("eval", str(bad)), "bad.safetensors")
     _one_line_error(_needle("train", "--resume", str(tmp_path / "none.safetensors"), "--out",
                             str(tmp_path / "o")), "none.safetensors")
+
+
+def test_augment_choices():
+    from needle.data.data_transforms import RandomCrop, RandomFlipHorizontal
+
+    assert train._augmentation("none") is None
+    assert [type(t) for t in train._augmentation("flip")] == [RandomFlipHorizontal]
+    kinds = [type(t) for t in train._augmentation("flip-shift")]
+    assert kinds == [RandomFlipHorizontal, RandomCrop]
+    with pytest.raises(ValueError, match="bogus"):
+        train._augmentation("bogus")
+    _one_line_error(_needle("train", "--augment", "rotate"), "--augment", "invalid choice")

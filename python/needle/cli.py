@@ -46,9 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
                    help="learning rate per epoch: constant, or cosine annealing to 0 over "
                         "--epochs")
-    t.add_argument("--augment", action="store_true",
-                   help="fashion-mnist: random horizontal flips and shifts of up to 2 pixels "
-                        "(cifar10 always flips and shifts by up to 4)")
+    t.add_argument("--augment", default="none", choices=("none", "flip", "flip-shift"),
+                   help="fashion-mnist training images: random left-right flips, and with "
+                        "flip-shift also shifts of up to 2 pixels (cifar10 always flips and "
+                        "shifts by up to 4)")
     t.add_argument("--hidden-dim", type=int, default=100)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/latest", help="output folder")

@@ -189,13 +189,24 @@ def mnist_small(args) -> DatasetInfo:
                        NDArrayDataset(X[k:], y[k:]), input_shape=(784,), num_classes=10)
 
 
+def _augmentation(kind):
+    """The training transforms of --augment none|flip|flip-shift (None: none)."""
+    if kind in (None, "none", False):
+        return None
+    if kind == "flip":
+        return [RandomFlipHorizontal()]
+    if kind in ("flip-shift", True):  # True: checkpoints of runs with the older boolean flag
+        return [RandomFlipHorizontal(), RandomCrop(2)]
+    raise ValueError(f"--augment: unknown augmentation {kind!r} (none, flip, flip-shift)")
+
+
 @register_dataset("fashion-mnist")
 def fashion_mnist(args) -> DatasetInfo:
-    """Fashion-MNIST 60000/10000 from --data-dir or the Debian location. With --augment the
-    training images are flipped left-right (p=0.5) and shifted by up to 2 pixels."""
+    """Fashion-MNIST 60000/10000 from --data-dir or the Debian location. --augment flip: the
+    training images are flipped left-right (p=0.5); flip-shift: also shifted by up to 2 pixels."""
     paths = find_fashion_mnist(getattr(args, "data_dir", None))
-    augment = [RandomFlipHorizontal(), RandomCrop(2)] if getattr(args, "augment", False) else None
-    train = MNISTDataset(paths["train_images"], paths["train_labels"], transforms=augment)
+    train = MNISTDataset(paths["train_images"], paths["train_labels"],
+                         transforms=_augmentation(getattr(args, "augment", None)))
     test = MNISTDataset(paths["test_images"], paths["test_labels"])
     return DatasetInfo("fashion-mnist", train, test, input_shape=(784,), num_classes=10)
 
