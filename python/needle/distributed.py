@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # as PyTorch DDP: few calls, overlap-friendly sizes
+ABORT_GRACE_SECONDS = 0.5  # before MPI_Abort, for the launcher to forward stderr
 
 # Environment variables that MPI launchers set in every process they start (MPICH/Hydra,
 # Open MPI, PMIx, Intel MPI, MVAPICH, Slurm's srun with PMI).
@@ -155,6 +156,9 @@ def abort(code: int = 1) -> None:
     """End every process of the job now (MPI_Abort), or this one if there is no job."""
     comm = _state["comm"]
     if comm is not None and _state["size"] > 1:
+        # MPI_Abort tears the job down at once, and the launcher's stdio forwarding with it:
+        # give it a moment to deliver the `rank R failed: ...` line written just before
+        time.sleep(ABORT_GRACE_SECONDS)
         comm.Abort(code)
     os._exit(code)
 
