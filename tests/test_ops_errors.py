@@ -123,3 +123,13 @@ def test_dilate_and_undilate_reject_out_of_range_axes():
         assert "dilate" in msg and "axis 2" in msg and "(2, 3)" in msg
     with pytest.raises(ValueError, match="dilation must be >= 0"):
         ndl.dilate(x, (0,), -1)
+
+
+def test_fused_layer_op_errors_name_the_op_and_shapes():
+    _raises(lambda: ops.linear(_t(4, 3), _t(5, 2)), "linear", "(4, 3)", "(5, 2)")
+    _raises(lambda: ops.linear(_t(4, 3), _t(3, 2), _t(3)), "linear", "bias", "(3,)")
+    _raises(lambda: ops.layer_norm(_t(2, 5), _t(4), _t(4)), "layer_norm", "(4,)", "(2, 5)")
+    _raises(lambda: ops.layer_norm(_t(2, 5), _t(5)), "layer_norm", "together")
+    _raises(lambda: ops.batch_norm_train(_t(2, 3, 4, 4), _t(4), _t(4), (0, 2, 3)),
+            "batch_norm", "(4,)", "(2, 3, 4, 4)")
+    _raises(lambda: ops.batch_norm_train(_t(2, 3), axes=(0, 5)), "batch_norm", "axis 5")
