@@ -191,11 +191,11 @@ def mnist_small(args) -> DatasetInfo:
 
 def _augmentation(kind):
     """The training transforms of --augment none|flip|flip-shift (None: none)."""
-    if kind in (None, "none", False):
+    if kind in (None, "none"):
         return None
     if kind == "flip":
         return [RandomFlipHorizontal()]
-    if kind in ("flip-shift", True):  # True: checkpoints of runs with the older boolean flag
+    if kind == "flip-shift":
         return [RandomFlipHorizontal(), RandomCrop(2)]
     raise ValueError(f"--augment: unknown augmentation {kind!r} (none, flip, flip-shift)")
 

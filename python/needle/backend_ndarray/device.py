@@ -21,8 +21,12 @@ def update_running_stats(running_mean, running_var, mean, var, momentum: float) 
 
 
 def _keep_shape(shape, axes):
-    """`shape` with the axes in `axes` set to 1 (the shape of keepdims statistics)."""
-    return tuple(1 if i in axes else n for i, n in enumerate(shape))
+    """(`shape` with the axes in `axes` set to 1, the number of elements those axes hold):
+    the shape of keepdims statistics and the count they average over."""
+    n = 1
+    for i in axes:
+        n *= shape[i]
+    return tuple(1 if i in axes else d for i, d in enumerate(shape)), n
 
 
 def _einsum_sum(xp, axes, a, b=None):
@@ -202,10 +206,7 @@ class Device:
         """
         xp = self.xp
         axes = tuple(axes)
-        keep = _keep_shape(x.shape, axes)
-        n = 1
-        for i in axes:
-            n *= x.shape[i]
+        keep, n = _keep_shape(x.shape, axes)
         mean = _einsum_sum(xp, axes, x) / n  # (C,)
         y = x - mean.reshape(keep)
         var = _einsum_sum(xp, axes, y, y) / n
@@ -225,10 +226,7 @@ class Device:
         dx = w * rstd * (dy - (db + xh * dw) / N).
         """
         axes = tuple(axes)
-        keep = _keep_shape(x.shape, axes)
-        n = 1
-        for i in axes:
-            n *= x.shape[i]
+        keep, n = _keep_shape(x.shape, axes)
         xp = self.xp
         mean, rstd = mean.reshape(keep), rstd.reshape(keep)
         xh = x - mean

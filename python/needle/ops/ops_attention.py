@@ -33,6 +33,29 @@ def _additive_mask(mask, is_causal: bool, L: int, S: int, device, dtype):
     return out
 
 
+def _attention_probs(xp, q, k, mask, scale):
+    """softmax(q k^T * scale + mask) over the last axis, on native arrays, stably; fully
+    masked rows give zeros, not nan."""
+    s = q @ xp.swapaxes(k, -1, -2)
+    s *= scale
+    if mask is not None:
+        s += mask
+    m = s.max(axis=-1, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    s -= m
+    xp.exp(s, out=s)
+    total = s.sum(axis=-1, keepdims=True)
+    s /= xp.where(total == 0, 1, total)
+    return s
+
+
+def _scores_grad_(xp, dp, p):
+    """The softmax backward in place: dP -> dS = P * (dP - rowsum(dP * P))."""
+    dp -= xp.einsum("...ij,...ij->...i", dp, p)[..., None]
+    dp *= p
+    return dp
+
+
 class ScaledDotProductAttention(TensorOp):
     """q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
 
@@ -65,19 +88,8 @@ class ScaledDotProductAttention(TensorOp):
         return self.scale if self.scale is not None else 1.0 / math.sqrt(q_shape[-1])
 
     def _probs(self, q: NDArray, k: NDArray):
-        xp = q.device.xp
-        qn, kn = q.native, k.native
-        s = qn @ xp.swapaxes(kn, -1, -2)
-        s *= self._scale(q.shape)
-        if self.mask is not None:
-            s += self.mask
-        m = s.max(axis=-1, keepdims=True)
-        m = xp.where(xp.isfinite(m), m, 0)  # fully masked rows give zeros, not nan
-        s -= m
-        xp.exp(s, out=s)
-        total = s.sum(axis=-1, keepdims=True)
-        s /= xp.where(total == 0, 1, total)
-        return s
+        return _attention_probs(q.device.xp, q.native, k.native, self.mask,
+                                self._scale(q.shape))
 
     def _blocks(self, L: int):
         """Query row blocks (r0, r1) for the causal fast path, or None for one full block.
@@ -96,12 +108,8 @@ class ScaledDotProductAttention(TensorOp):
         out = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=qn.dtype)
         probs = []
         for r0, r1 in blocks:
-            s = qn[..., r0:r1, :] @ xp.swapaxes(kn[..., :r1, :], -1, -2)
-            s *= scale
-            s += self.mask[r0:r1, :r1]
-            s -= s.max(axis=-1, keepdims=True)  # every causal row keeps its diagonal: finite
-            xp.exp(s, out=s)
-            s /= s.sum(axis=-1, keepdims=True)
+            s = _attention_probs(xp, qn[..., r0:r1, :], kn[..., :r1, :],
+                                 self.mask[r0:r1, :r1], scale)
             out[..., r0:r1, :] = s @ vn[..., :r1, :]
             probs.append(s)
         return out, probs
@@ -116,9 +124,7 @@ class ScaledDotProductAttention(TensorOp):
         for (r0, r1), p in zip(blocks, probs):
             gb = g[..., r0:r1, :]
             dv[..., :r1, :] += xp.swapaxes(p, -1, -2) @ gb
-            ds = gb @ xp.swapaxes(vn[..., :r1, :], -1, -2)
-            ds -= xp.einsum("...ij,...ij->...i", ds, p)[..., None]
-            ds *= p
+            ds = _scores_grad_(xp, gb @ xp.swapaxes(vn[..., :r1, :], -1, -2), p)
             ds *= scale
             dq[..., r0:r1, :] = ds @ kn[..., :r1, :]
             dk[..., :r1, :] += xp.swapaxes(ds, -1, -2) @ qn[..., r0:r1, :]
@@ -148,9 +154,7 @@ class ScaledDotProductAttention(TensorOp):
         p = self.probs if self.probs is not None else self._probs(q, k)
         gn = g.native
         dv = xp.swapaxes(p, -1, -2) @ gn
-        ds = gn @ xp.swapaxes(v.native, -1, -2)  # dP, turned into dS in place:
-        ds -= xp.einsum("...ij,...ij->...i", ds, p)[..., None]
-        ds *= p
+        ds = _scores_grad_(xp, gn @ xp.swapaxes(v.native, -1, -2), p)
         scale = self._scale(q.shape)
         dq = ds @ k.native
         dq *= scale
