@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple, Union
 import numpy as np
 
 from . import backend_ndarray as nd
-from .backend_ndarray import NDArray
+from .backend_ndarray import ArrayNode, NDArray
 
 # Course globals: LAZY_MODE builds the graph without computing; TENSOR_COUNTER counts live
 # Tensors (hw2 checks that training loops do not keep graphs alive).
@@ -43,9 +43,11 @@ class Op:
         """Partial adjoints for each input, given the adjoint of the output."""
         raise NotImplementedError()
 
-    # Optional fast path: partial adjoints computed directly on NDArrays (no Tensors, no
-    # graph), used by `backward(create_graph=False)`. Ops without it fall back to `gradient`.
-    gradient_nd = None
+    # True when `gradient` is written against the names Tensor and NDArray share (`*`, `@`,
+    # `sum`, `reshape`, ..., and op functions, which compute at once when given NDArrays), so
+    # the fast backward runs the same rule on NDArrays. needle's own ops set it; an op whose
+    # rule needs Tensors keeps False and the fast backward wraps its arrays in constants.
+    array_rule = False
 
     def gradient_as_tuple(self, out_grad: "Value", node: "Value") -> Tuple["Value", ...]:
         output = self.gradient(out_grad, node)
@@ -60,21 +62,30 @@ class Op:
 
 
 class TensorOp(Op):
-    """An op whose value is a single Tensor."""
+    """An op whose value is a single Tensor. Called on NDArrays (a gradient rule on the fast
+    path) it returns `compute` of them: no node is made."""
 
     __slots__ = ()
 
     def __call__(self, *args):
+        if args and isinstance(args[0], _ARRAY_VALUES):
+            return self.compute(*args)
         return Tensor.make_from_op(self, args)
 
 
 class TensorTupleOp(Op):
-    """An op whose value is a TensorTuple."""
+    """An op whose value is a TensorTuple (a tuple of NDArrays when called on NDArrays)."""
 
     __slots__ = ()
 
     def __call__(self, *args):
+        if args and isinstance(args[0], _ARRAY_VALUES):
+            return self.compute(*args)
         return TensorTuple.make_from_op(self, args)
+
+
+_ARRAY_VALUES = (NDArray, tuple)
+
 
 
 class Value:
@@ -93,6 +104,11 @@ class Value:
 
     def is_leaf(self) -> bool:
         return self.op is None
+
+    @property
+    def needs_input_grad(self) -> tuple:
+        """For each input, whether it needs a gradient (an op's rule may skip the others)."""
+        return tuple(x.requires_grad for x in self.inputs)
 
     def __del__(self):
         global TENSOR_COUNTER
@@ -161,12 +177,13 @@ class Value:
         return value
 
 
-def _check_finite(op, data):
+def _check_finite(op, data, where="forward"):
     arrays = data if isinstance(data, tuple) else (data,)
     for a in arrays:
-        if a.dtype.kind == "f" and not a.isfinite():
+        if a is not None and a.dtype.kind == "f" and not a.isfinite():
+            what = "an output" if where == "forward" else "a gradient (in its backward)"
             raise FloatingPointError(
-                f"{op!r}: produced a non-finite value (nan or inf) in an output of shape "
+                f"{op!r}: produced a non-finite value (nan or inf) in {what} of shape "
                 f"{a.shape} (anomaly detection is on)")
 
 
@@ -203,6 +220,11 @@ class TensorTuple(Value):
 
     def detach(self) -> "TensorTuple":
         return TensorTuple.make_const(self.realize_cached_data())
+
+
+def _value(x):
+    """The NDArray of a Tensor; anything else as it is."""
+    return x.realize_cached_data() if isinstance(x, Value) else x
 
 
 def _to_ndarray(array, device, dtype) -> NDArray:
@@ -371,6 +393,20 @@ class Tensor(Value):
     def __getitem__(self, index):
         return _ops.getitem(self, index)
 
+    # Comparisons give constant 0/1 Tensors of this dtype (as NDArray's do); they are masks,
+    # not differentiable values. `==` keeps identity semantics (Tensors are graph nodes).
+    def __gt__(self, other):
+        return Tensor.make_const(self.realize_cached_data() > _value(other))
+
+    def __ge__(self, other):
+        return Tensor.make_const(self.realize_cached_data() >= _value(other))
+
+    def __lt__(self, other):
+        return Tensor.make_const(self.realize_cached_data() < _value(other))
+
+    def __le__(self, other):
+        return Tensor.make_const(self.realize_cached_data() <= _value(other))
+
     def matmul(self, other):
         return _MATMUL(self, other)
 
@@ -433,8 +469,30 @@ def compute_gradient_of_variables(output_tensor: Value, out_grad: Value,
         node.grad = Tensor.make_const(g)
 
 
+class _TupleNode(tuple):
+    """A tuple-valued node's value seen by the fast backward (see `ArrayNode`)."""
+
+    def realize_cached_data(self):
+        return self
+
+
+def _array_node(node):
+    """The fast backward's view of `node`: its value, with its inputs' values."""
+    inputs = tuple(x.cached_data for x in node.inputs)
+    needs = tuple(x.requires_grad for x in node.inputs)
+    data = node.cached_data
+    if isinstance(data, tuple):
+        view = _TupleNode(data)
+        view.inputs, view.needs_input_grad = inputs, needs
+        return view
+    return ArrayNode.of(data, inputs, needs)
+
+
 def _reverse_pass_fast(output, out_grad: NDArray) -> dict:
-    """Reverse pass on NDArrays; returns {leaf: gradient NDArray}."""
+    """Reverse pass on NDArrays; returns {leaf: gradient NDArray}.
+
+    Each op's one `gradient` rule runs on the nodes' values (see `Op.array_rule`), so no
+    Tensor and no graph is made."""
     global _GRAD_ENABLED
     saved = _GRAD_ENABLED
     _GRAD_ENABLED = False
@@ -449,13 +507,16 @@ def _reverse_pass_fast(output, out_grad: NDArray) -> dict:
             if op is None:
                 leaves[node] = grad
                 continue
-            fn = op.gradient_nd
-            if fn is not None:
-                partials = fn(grad, node)
+            if op.array_rule:
+                partials = op.gradient_as_tuple(grad, _array_node(node))
             else:
                 wrapped = (TensorTuple if isinstance(grad, tuple) else Tensor).make_const(grad)
                 partials = [None if p is None else p.realize_cached_data()
                             for p in op.gradient_as_tuple(wrapped, node)]
+            if _DETECT_ANOMALY:
+                for p in partials:
+                    if p is not None:
+                        _check_finite(op, p, "backward")
             for inp, partial in zip(node.inputs, partials):
                 if partial is None or not inp.requires_grad:
                     continue
@@ -491,24 +552,43 @@ def gradients(output: Value, inputs, out_grad: Optional[Value] = None,
     return out
 
 
-def _reverse_pass(output, out_grad, create_graph, assign):
+def partials(outputs, cotangents, inputs, create_graph: bool = True) -> tuple:
+    """The direct partial adjoints at `inputs` of `outputs` contracted with `cotangents`.
+
+    The walk stops at `inputs`: when one input depends on another, each still gets only its
+    own partial (what a gradient rule needs). None for an input the outputs do not reach."""
+    grads = _reverse_pass(list(outputs), list(cotangents), create_graph, assign=False,
+                          stop=set(inputs))
+    return tuple(grads.get(x) for x in inputs)
+
+
+def _reverse_pass(output, out_grad, create_graph, assign, stop=None):
+    """Reverse pass building Tensors; returns {node: gradient}. `output` and `out_grad` may be
+    sequences (several outputs seeded at once); the walk does not go past nodes in `stop`."""
     global _GRAD_ENABLED
     saved = _GRAD_ENABLED
     _GRAD_ENABLED = create_graph and saved
     try:
-        grads = {output: out_grad}
-        for node in reversed(find_topo_sort([output], only_requiring_grad=True)):
+        if isinstance(output, (list, tuple)):
+            grads = {}
+            for o, g in zip(output, out_grad):
+                grads[o] = g if o not in grads else grads[o] + g
+            roots = list(grads)
+        else:
+            grads = {output: out_grad}
+            roots = [output]
+        for node in reversed(find_topo_sort(roots, only_requiring_grad=True, stop=stop)):
             grad = grads.get(node) if not assign else grads.pop(node, None)
             if grad is None:
                 continue
             if assign:
                 node.grad = grad
             op = node.op
-            if op is None:
+            if op is None or (stop is not None and node in stop):
                 continue
             partials = op.gradient_as_tuple(grad, node)
             for inp, partial in zip(node.inputs, partials):
-                if not inp.requires_grad:
+                if partial is None or not inp.requires_grad:
                     continue
                 prev = grads.get(inp)
                 grads[inp] = partial if prev is None else prev + partial
@@ -517,11 +597,12 @@ def _reverse_pass(output, out_grad, create_graph, assign):
         _GRAD_ENABLED = saved
 
 
-def find_topo_sort(node_list: List[Value], only_requiring_grad: bool = False) -> List[Value]:
+def find_topo_sort(node_list: List[Value], only_requiring_grad: bool = False,
+                   stop=None) -> List[Value]:
     """All nodes reachable from `node_list`, inputs before users (post-order DFS, iterative).
 
     Children are visited left to right, each node once. With `only_requiring_grad`, the walk
-    does not enter nodes that need no gradient.
+    does not enter nodes that need no gradient; nodes in `stop` are visited but not entered.
     """
     visited = set()
     order = []
@@ -529,13 +610,14 @@ def find_topo_sort(node_list: List[Value], only_requiring_grad: bool = False) ->
         if root in visited:
             continue
         visited.add(root)
-        stack = [(root, iter(root.inputs))]
+        stack = [(root, iter(root.inputs if stop is None or root not in stop else ()))]
         while stack:
             node, children = stack[-1]
             for child in children:
                 if child not in visited and (child.requires_grad or not only_requiring_grad):
                     visited.add(child)
-                    stack.append((child, iter(child.inputs)))
+                    stack.append((child, iter(
+                        child.inputs if stop is None or child not in stop else ())))
                     break
             else:
                 stack.pop()

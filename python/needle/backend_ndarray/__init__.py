@@ -2,7 +2,7 @@
 from .cuda import CUDADevice, cuda
 from .device import CPUDevice, Device, cpu, cpu_numpy, default_device
 from .ndarray import (
-    Handle, NDArray, array, broadcast_to, concatenate, empty, exp, flip, full, log, maximum,
+    ArrayNode, Handle, NDArray, array, broadcast_to, concatenate, einsum, empty, exp, flip, full, log, maximum,
     reshape, stack, sum, tanh, where,
 )
 
@@ -24,7 +24,7 @@ def all_devices():
 
 
 __all__ = [
-    "NDArray", "Handle", "Device", "BackendDevice", "CPUDevice", "CUDADevice", "cpu", "cuda",
+    "NDArray", "ArrayNode", "Handle", "einsum", "Device", "BackendDevice", "CPUDevice", "CUDADevice", "cpu", "cuda",
     "cpu_numpy", "default_device", "all_devices", "array_module", "array", "empty", "full",
     "broadcast_to", "reshape", "maximum", "log", "exp", "tanh", "sum", "flip", "stack",
     "concatenate", "where",

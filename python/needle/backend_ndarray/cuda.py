@@ -197,50 +197,47 @@ class CUDADevice(Device):
                 return None
         return k
 
-    def softmax_cross_entropy_fwd(self, z, labels):
+    def _softmax_cross_entropy_fwd(self, z, labels):
         k = self._fused(z)
         if k is None or z.ndim != 2:
-            return super().softmax_cross_entropy_fwd(z, labels)
+            return super()._softmax_cross_entropy_fwd(z, labels)
         return k.softmax_cross_entropy_fwd(z, labels)  # pragma: no cover - needs a GPU
 
-    def softmax_cross_entropy_bwd(self, z, labels, lse, g):
+    def _softmax_cross_entropy_bwd(self, z, labels, lse, g):
         k = self._fused(z, lse)
         if k is None or z.ndim != 2:
-            return super().softmax_cross_entropy_bwd(z, labels, lse, g)
+            return super()._softmax_cross_entropy_bwd(z, labels, lse, g)
         return k.softmax_cross_entropy_bwd(z, labels, lse, g)  # pragma: no cover
 
-    def layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
+    def _layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
         k = self._fused(x, weight, bias)
         if k is None or x.ndim == 0:
-            return super().layer_norm_fwd(x, weight, bias, eps)
+            return super()._layer_norm_fwd(x, weight, bias, eps)
         return k.layer_norm_fwd(x, weight, bias, eps)  # pragma: no cover
 
-    def layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
+    def _layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
         k = self._fused(dy, x, mean, rstd, weight)
         if k is None or x.ndim == 0:
-            return super().layer_norm_bwd(dy, x, mean, rstd, weight)
+            return super()._layer_norm_bwd(dy, x, mean, rstd, weight)
         return k.layer_norm_bwd(dy, x, mean, rstd, weight)  # pragma: no cover
 
-    def batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1, axes=(0,)):
+    def _batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
         k = self._fused(x, weight, bias)
         if k is None or x.ndim != 2 or tuple(axes) != (0,):
-            return super().batch_norm_fwd(x, weight, bias, eps, running_mean, running_var,
-                                          momentum, axes)
-        return k.batch_norm_fwd(x, weight, bias, eps, running_mean, running_var,
-                                momentum)  # pragma: no cover
+            return super()._batch_norm_fwd(x, weight, bias, eps, axes)
+        return k.batch_norm_fwd(x, weight, bias, eps)  # pragma: no cover
 
-    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
+    def _batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
         k = self._fused(dy, x, mean, rstd, weight)
         if k is None or x.ndim != 2 or tuple(axes) != (0,):
-            return super().batch_norm_bwd(dy, x, mean, rstd, weight, axes)
+            return super()._batch_norm_bwd(dy, x, mean, rstd, weight, axes)
         return k.batch_norm_bwd(dy, x, mean, rstd, weight)  # pragma: no cover
 
-    def adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
+    def _adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
                     decoupled=False):
         k = self._fused(w, g, m, v)
         if k is None or w.shape != g.shape:
-            return super().adam_update(w, g, m, v, lr, beta1, beta2, eps, step, weight_decay,
+            return super()._adam_update(w, g, m, v, lr, beta1, beta2, eps, step, weight_decay,
                                        decoupled)
         return k.adam_update(w, g, m, v, lr, beta1, beta2, eps, step, weight_decay,
                              decoupled)  # pragma: no cover

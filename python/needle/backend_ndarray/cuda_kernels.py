@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .device import update_running_stats
 
 _BLOCK = 512  # threads per row for the row-wise kernels (a multiple of 32)
 
@@ -242,7 +241,7 @@ class CupyKernels:
                                       axis=0)
         return dx, dw, dy2.sum(axis=0)
 
-    def batch_norm_fwd(self, x, weight, bias, eps, running_mean, running_var, momentum):
+    def batch_norm_fwd(self, x, weight, bias, eps):
         cp = self.cp
         n, c = x.shape
         mean = x.mean(axis=0)
@@ -251,8 +250,7 @@ class CupyKernels:
         w = cp.ones((c,), np.float32) if weight is None else weight
         b = cp.zeros((c,), np.float32) if bias is None else bias
         y = self._kernel("batch_norm_fwd")(x, mean, rstd, w, b)
-        update_running_stats(running_mean, running_var, mean, var, momentum)
-        return y, mean, rstd
+        return y, mean, rstd, var
 
     def batch_norm_bwd(self, dy, x, mean, rstd, weight):
         cp = self.cp

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .comm_kernels import CommKernels
+from .conv_kernels import ConvKernels
+from .seq_kernels import SequenceKernels
 
-def update_running_stats(running_mean, running_var, mean, var, momentum: float) -> None:
-    """running = (1 - momentum) * running + momentum * batch statistic, in place (either may
-    be None)."""
-    for running, stat in ((running_mean, mean), (running_var, var)):
-        if running is not None:
-            running *= 1 - momentum
-            running += momentum * stat
+
+def _natives(*arrays):
+    """The native arrays of NDArrays (None stays None)."""
+    return [None if a is None else a._array for a in arrays]
 
 
 def _keep_shape(shape, axes):
@@ -39,8 +39,11 @@ def _einsum_sum(xp, axes, a, b=None):
     return xp.einsum(f"{letters},{letters}->{out}", a, b)
 
 
-class Device:
-    """A backend: the array module `xp` and the kernels that ops call on native arrays."""
+class Device(ConvKernels, SequenceKernels, CommKernels):
+    """A backend: the array module `xp` and the kernels that ops call.
+
+    Kernels beyond the NDArray methods live here and in the mixins (conv_kernels.py,
+    seq_kernels.py, comm_kernels.py), grouped by the layers that use them."""
 
     name = "device"
     xp = np
@@ -101,8 +104,9 @@ class Device:
         return self._wrap(self.from_numpy(np.random.randn(*shape).astype(dtype)))
 
     def one_hot(self, n, i, dtype="float32"):
-        """Rows of the n x n identity selected by the integer array `i`."""
-        idx = self.xp.asarray(i).astype(np.int64)
+        """Rows of the n x n identity selected by the integer array `i` (an NDArray or a
+        NumPy array)."""
+        idx = self.xp.asarray(getattr(i, "_array", i)).astype(np.int64)
         return self._wrap(self.xp.eye(n, dtype=dtype)[idx])
 
     def _wrap(self, array):
@@ -122,11 +126,49 @@ class Device:
         bt = b.array.reshape(n // t, p // t, t, t)
         out.array[:] = np.einsum("ikab,kjbc->ijac", at, bt).reshape(-1)
 
-    # ---- fused kernels on native arrays ----------------------------------------------------
-    # Each is written here as a composition over `xp` (what runs on cpu() and in CI); a
-    # backend may override one with a single kernel (cuda(): CuPy kernels in cuda_kernels.py)
-    # and must give the same numbers. Docs: docs/cuda.md lists the op that calls each one.
+    # ---- fused kernels: NDArrays in and out -------------------------------------------------
+    # The public methods take and return NDArrays (None stays None); each runs a private
+    # method on the native arrays, written here as a composition over `xp` (what runs on
+    # cpu() and in CI). A backend may override the private method with a single kernel
+    # (cuda(): CuPy kernels in cuda_kernels.py) and must give the same numbers. Docs:
+    # docs/cuda.md lists the op that calls each one.
     def softmax_cross_entropy_fwd(self, z, labels):
+        """(mean cross-entropy as a 0-d array, per-row logsumexp (B,)); labels int64 (B,)."""
+        return self._wrap_all(self._softmax_cross_entropy_fwd(z._array, labels._array))
+
+    def softmax_cross_entropy_bwd(self, z, labels, lse, g):
+        """d(loss)/dz for the loss of `softmax_cross_entropy_fwd` and upstream gradient g."""
+        return self._wrap(self._softmax_cross_entropy_bwd(
+            z._array, labels._array, lse._array, g._array))
+
+    def layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
+        """(y, mean, rstd) of layer norm over the last axis; weight/bias (D,) or None."""
+        return self._wrap_all(self._layer_norm_fwd(*_natives(x, weight, bias), eps))
+
+    def layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
+        """(dx, dweight, dbias) of `layer_norm_fwd` (the last two None without weight)."""
+        return self._wrap_all(self._layer_norm_bwd(*_natives(dy, x, mean, rstd, weight)))
+
+    def batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
+        """(y, mean, rstd, var) of training-mode batch norm over `axes` (see the private
+        method); nothing is updated in place: the caller owns the running statistics."""
+        return self._wrap_all(self._batch_norm_fwd(*_natives(x, weight, bias), eps, axes))
+
+    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
+        """(dx, dweight, dbias) of `batch_norm_fwd` (the last two None without weight)."""
+        return self._wrap_all(self._batch_norm_bwd(*_natives(dy, x, mean, rstd, weight),
+                                                   axes))
+
+    def adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
+                    decoupled=False):
+        """One Adam step in place on the NDArrays w, m and v (see the private method)."""
+        self._adam_update(w._array, g._array, m._array, v._array, lr, beta1, beta2, eps,
+                          step, weight_decay, decoupled)
+
+    def _wrap_all(self, arrays):
+        return tuple(None if a is None else self._wrap(a) for a in arrays)
+
+    def _softmax_cross_entropy_fwd(self, z, labels):
         """Mean over rows of logsumexp(z_i) - z_i[labels_i]; z (B, K), labels (B,) ints.
 
         Returns (loss as a 0-d array of z's dtype, lse (B,)); pass lse on to the backward.
@@ -138,7 +180,7 @@ class Device:
         picked = xp.take_along_axis(z, labels[:, None], axis=1)[:, 0]
         return xp.asarray((lse - picked).mean(), dtype=z.dtype), lse
 
-    def softmax_cross_entropy_bwd(self, z, labels, lse, g):
+    def _softmax_cross_entropy_bwd(self, z, labels, lse, g):
         """d(loss)/dz = (softmax(z) - onehot(labels)) * g / B, with lse from the forward."""
         xp = self.xp
         labels = labels.astype(np.int64, copy=False)
@@ -147,7 +189,7 @@ class Device:
         p *= xp.asarray(g, dtype=z.dtype) / z.shape[0]
         return p
 
-    def layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
+    def _layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
         """y = (x - mean) * rstd * weight + bias over the last axis of x (..., D).
 
         weight/bias are (D,) or None. Returns (y, mean, rstd), the statistics of shape
@@ -168,7 +210,7 @@ class Device:
         lead = x.shape[:-1]
         return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
 
-    def layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
+    def _layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
         """Gradients of `layer_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
 
         dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), xh = (x - mean) * rstd and
@@ -195,14 +237,12 @@ class Device:
         dx *= r
         return dx.reshape(x.shape), dw, db
 
-    def batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1, axes=(0,)):
+    def _batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
         """Training-mode batch norm: statistics over `axes` of x ((0,) for (N, C), (0, 2, 3)
         for NCHW); y = (x - mean) * rstd * w + b with w, b of the channel shape (C,).
 
-        Updates running_mean/running_var (C,) in place when given, with the biased batch
-        variance (course rule: r = (1 - momentum) * r + momentum * batch_stat).
-        Returns (y, mean (C,), rstd (C,)).
+        Returns (y, mean (C,), rstd (C,), var (C,)), var the biased batch variance (what the
+        course's running statistics average).
         """
         xp = self.xp
         axes = tuple(axes)
@@ -216,10 +256,9 @@ class Device:
             y *= weight.reshape(keep)
         if bias is not None:
             y += bias.reshape(keep)
-        update_running_stats(running_mean, running_var, mean, var, momentum)
-        return y, mean, rstd
+        return y, mean, rstd, var
 
-    def batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
+    def _batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
         """Gradients of `batch_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
 
         With db = sum dy and dw = sum dy * xh over `axes` (N values each):
@@ -243,7 +282,7 @@ class Device:
             return xh, None, None
         return xh, dw.reshape(weight.shape), db.reshape(weight.shape)
 
-    def adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
+    def _adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
                     decoupled=False):
         """One Adam step in place on w, m and v (the rule of needle.optim.Adam/AdamW).
 

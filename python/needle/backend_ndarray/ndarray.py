@@ -179,6 +179,45 @@ class NDArray:
     def fill(self, value) -> None:
         self._array.fill(value)
 
+    @property
+    def nbytes(self) -> int:
+        return self._array.nbytes
+
+    def item(self):
+        """The value of a one-element array as a Python number."""
+        return self._array.item()
+
+    def copy(self) -> "NDArray":
+        """A compact copy that shares nothing with this array."""
+        return NDArray._wrap(self._array.copy(), self._device)
+
+    # ---- in-place updates (optimizers, running statistics: outside the graph) ------------
+    def assign(self, other) -> "NDArray":
+        """Write `other` (an NDArray, a NumPy array or a number) into this array in place,
+        broadcasting and casting to this dtype; returns self."""
+        if isinstance(other, NDArray):
+            other = other._array
+        elif isinstance(other, np.ndarray) and self._device.xp is not np:
+            other = self._device.from_numpy(other)
+        self._array[...] = other
+        return self
+
+    def __iadd__(self, other):
+        self._array += other._array if isinstance(other, NDArray) else other
+        return self
+
+    def __isub__(self, other):
+        self._array -= other._array if isinstance(other, NDArray) else other
+        return self
+
+    def __imul__(self, other):
+        self._array *= other._array if isinstance(other, NDArray) else other
+        return self
+
+    def __itruediv__(self, other):
+        self._array /= other._array if isinstance(other, NDArray) else other
+        return self
+
     # ---- layout ------------------------------------------------------------------------
     def is_compact(self) -> bool:
         """Row-major, starting at the buffer's first element and covering all of it."""
@@ -204,6 +243,13 @@ class NDArray:
 
     def permute(self, new_axes) -> "NDArray":
         return self._view(self._array.transpose(tuple(new_axes)))
+
+    def transpose(self, axes=None) -> "NDArray":
+        """Swap two axes (default: the last two), as Tensor.transpose does (a view)."""
+        perm = list(range(self.ndim))
+        i, j = (self.ndim - 2, self.ndim - 1) if axes is None else axes
+        perm[i], perm[j] = perm[j], perm[i]
+        return self._view(self._array.transpose(perm))
 
     def broadcast_to(self, new_shape) -> "NDArray":
         return self._view(self._device.xp.broadcast_to(self._array, tuple(new_shape)))
@@ -358,25 +404,44 @@ class NDArray:
     def sign(self):
         return NDArray._wrap(self._device.xp.sign(self._array), self._device)
 
+    def nonfinite_to(self, value) -> "NDArray":
+        """A copy with nan and +-inf entries replaced by `value`."""
+        xp = self._device.xp
+        return NDArray._wrap(xp.where(xp.isfinite(self._array), self._array, value).astype(
+            self._array.dtype, copy=False), self._device)
+
     def isfinite(self):
         """True (as a Python bool) when every element is finite."""
         return bool(self._device.xp.isfinite(self._array).all())
 
-    # ---- reductions and matmul ----------------------------------------------------------
-    def sum(self, axis=None, keepdims=False):
+    # ---- reductions and matmul (Tensor's names: `axes`, `keepdims`; NumPy's `axis` too) ----
+    def sum(self, axes=None, keepdims=False, *, axis=None):
+        axes = axis if axes is None else axes
         return NDArray._wrap(self._device.xp.asarray(
-            self._array.sum(axis=axis, keepdims=keepdims)), self._device)
+            self._array.sum(axis=_axes(axes), keepdims=keepdims)), self._device)
 
-    def max(self, axis=None, keepdims=False):
+    def mean(self, axes=None, keepdims=False, *, axis=None):
+        axes = axis if axes is None else axes
         return NDArray._wrap(self._device.xp.asarray(
-            self._array.max(axis=axis, keepdims=keepdims)), self._device)
+            self._array.mean(axis=_axes(axes), keepdims=keepdims)), self._device)
 
-    def min(self, axis=None, keepdims=False):
+    def max(self, axes=None, keepdims=False, *, axis=None):
+        axes = axis if axes is None else axes
         return NDArray._wrap(self._device.xp.asarray(
-            self._array.min(axis=axis, keepdims=keepdims)), self._device)
+            self._array.max(axis=_axes(axes), keepdims=keepdims)), self._device)
+
+    def min(self, axes=None, keepdims=False, *, axis=None):
+        axes = axis if axes is None else axes
+        return NDArray._wrap(self._device.xp.asarray(
+            self._array.min(axis=_axes(axes), keepdims=keepdims)), self._device)
 
     def argmax(self, axis=None):
+        """Indices (int64) of the maxima along `axis` (the first one on ties)."""
         return NDArray._wrap(self._device.xp.asarray(self._array.argmax(axis=axis)),
+                             self._device)
+
+    def argmin(self, axis=None):
+        return NDArray._wrap(self._device.xp.asarray(self._array.argmin(axis=axis)),
                              self._device)
 
     def __matmul__(self, other):
@@ -460,9 +525,44 @@ def where(cond: NDArray, a, b) -> NDArray:
     return NDArray._wrap(dev.xp.where(cond._array != 0, av, bv), dev)
 
 
+def _axes(axes):
+    """NumPy's `axis` argument from Tensor's `axes` (an int, a list or a tuple)."""
+    if axes is None or isinstance(axes, int):
+        return axes
+    return tuple(axes)
+
+
+def einsum(subscripts: str, *arrays: NDArray) -> NDArray:
+    """Einstein summation over NDArrays of one device (`np.einsum`'s subscripts)."""
+    dev = arrays[0].device
+    return NDArray._wrap(dev.xp.asarray(dev.xp.einsum(subscripts, *[a._array for a in arrays])),
+                         dev)
+
+
+class ArrayNode(NDArray):
+    """A graph node's value seen by the fast backward: the node's NDArray (same buffer),
+    plus `inputs` (the inputs' values) and `needs_input_grad`. An op's one `gradient` rule
+    reads `node` and `node.inputs` the same way whether they are Tensors or these."""
+
+    __slots__ = ("inputs", "needs_input_grad")
+
+    @staticmethod
+    def of(value: NDArray, inputs: tuple, needs_input_grad: tuple) -> "ArrayNode":
+        out = object.__new__(ArrayNode)
+        out._array = value._array
+        out._device = value._device
+        out._root = value._root
+        out.inputs = inputs
+        out.needs_input_grad = needs_input_grad
+        return out
+
+    def realize_cached_data(self) -> NDArray:
+        return self
+
+
 def is_scalar(x) -> bool:
     return isinstance(x, Number)
 
 
-__all__ = ["NDArray", "Handle", "array", "empty", "full", "broadcast_to", "reshape", "maximum",
+__all__ = ["NDArray", "ArrayNode", "Handle", "einsum", "array", "empty", "full", "broadcast_to", "reshape", "maximum",
            "log", "exp", "tanh", "sum", "flip", "stack", "concatenate", "where", "cpu"]

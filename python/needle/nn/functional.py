@@ -79,8 +79,7 @@ def batch_norm(x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Ten
     shape = x.shape
     chan_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
     if training:
-        rm = running_mean.realize_cached_data().native if running_mean is not None else None
-        rv = running_var.realize_cached_data().native if running_var is not None else None
+        rm, rv = running_mean, running_var
         if (weight is None) == (bias is None):  # one fused op: statistics computed once
             return ops.batch_norm_train(x, weight, bias, axes, eps, rm, rv, momentum)
         y = ops.batch_norm_train(x, None, None, axes, eps, rm, rv, momentum)

@@ -4,6 +4,7 @@ from .ops_conv import (
     AvgPool2d, AvgPool2dAdjoint, Conv, GatherFlat, MaxPool2d, ScatterFlat, avg_pool2d, conv,
     max_pool2d,
 )
+from .ops_fused import FusedBackward, FusedOp, FusedTupleOp, Linear, linear, vjp_of
 from .ops_indexing import (
     Dilate, Flip, GetItem, Pad, ScatterAdd, UnDilate, dilate, flip, getitem, pad, scatter_add,
     undilate,
@@ -13,10 +14,10 @@ from .ops_logarithmic import (
     softmax_cross_entropy,
 )
 from .ops_mathematic import (
-    AddScalar, BroadcastTo, DivScalar, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Linear, Log,
+    AddScalar, BroadcastTo, DivScalar, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Log,
     MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, Reshape, ScalarPower,
     Sigmoid, Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
-    divide_scalar, exp, linear, log, matmul, max, maximum, mean, mul_scalar, multiply, negate,
+    divide_scalar, exp, keepdims_shape, log, matmul, max, maximum, mean, mul_scalar, multiply, negate,
     normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape, sigmoid, sqrt,
     summation, tanh, to_device, transpose,
 )

@@ -5,19 +5,17 @@ Each op subtracts the maximum once, so logits of 1e10 are fine, and rows that ar
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..autograd import NDArray, Tensor, TensorOp
-from .ops_mathematic import _keepdims_shape, broadcast_to, normalize_axes, reshape, summation
+from .ops_fused import FusedOp
+from .ops_mathematic import broadcast_to, keepdims_shape, normalize_axes, reshape, summation
 
 
 def _stable_max(z: NDArray, axes) -> NDArray:
     """max over `axes` (keepdims), with +-inf maxima replaced by 0 so z - m stays finite."""
-    xp = z.device.xp
-    m = z.native.max(axis=axes, keepdims=True)
-    if not bool(xp.isfinite(m).all()):
-        m = xp.where(xp.isfinite(m), m, 0).astype(m.dtype)
-    return NDArray._wrap(m, z.device)
+    m = z.max(axes, keepdims=True)
+    if not m.isfinite():
+        m = m.nonfinite_to(0.0)
+    return m
 
 
 def _softmax(z: NDArray, axes) -> NDArray:
@@ -31,6 +29,7 @@ class LogSumExp(TensorOp):
     """log(sum(exp(z))) over `axes` (int, tuple or None), reduced axes dropped."""
 
     __slots__ = ("axes", "keepdims")
+    array_rule = True
 
     def __init__(self, axes=None, keepdims=False):
         self.axes = axes
@@ -47,7 +46,7 @@ class LogSumExp(TensorOp):
     def gradient(self, out_grad, node):
         z = node.inputs[0]
         axes = normalize_axes("logsumexp", self.axes, len(z.shape))
-        g = out_grad if self.keepdims else reshape(out_grad, _keepdims_shape(z.shape, axes))
+        g = out_grad if self.keepdims else reshape(out_grad, keepdims_shape(z.shape, axes))
         return broadcast_to(g, z.shape) * Softmax(axes)(z)
 
 
@@ -59,6 +58,7 @@ class Softmax(TensorOp):
     """exp(z) / sum(exp(z)) over `axes` (default: the last axis)."""
 
     __slots__ = ("axes",)
+    array_rule = True
 
     def __init__(self, axes=-1):
         self.axes = axes
@@ -80,6 +80,7 @@ class LogSoftmax(TensorOp):
     """z - logsumexp(z) over `axes` (default: the last axis; the course's 2-D case: axis 1)."""
 
     __slots__ = ("axes",)
+    array_rule = True
 
     def __init__(self, axes=-1):
         self.axes = axes
@@ -101,11 +102,11 @@ def logsoftmax(a, axes=-1):
     return LogSoftmax(axes)(a)
 
 
-class SoftmaxCrossEntropy(TensorOp):
+class SoftmaxCrossEntropy(FusedOp):
     """Mean over the batch of logsumexp(z_i) - z_i[y_i]: logits (B, K), integer labels (B,).
 
     Runs the device's fused kernels (`Device.softmax_cross_entropy_fwd/bwd`), keeping the
-    forward's per-row logsumexp for the backward; the graph gradient
+    forward's per-row logsumexp for the backward; the composed gradient
     (softmax(z) - onehot(y)) / B is built from ops.
     """
 
@@ -121,29 +122,25 @@ class SoftmaxCrossEntropy(TensorOp):
         if y.shape != (z.shape[0],):
             raise ValueError(f"softmax_cross_entropy: labels of shape {y.shape} do not match "
                              f"logits of shape {z.shape}; expected ({z.shape[0]},)")
-        labels = y.native.astype(np.int64)
-        if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= z.shape[1]):
-            raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {z.shape[1]}), "
-                             f"got values from {int(labels.min())} to {int(labels.max())}")
-        loss, self.lse = z.device.softmax_cross_entropy_fwd(z.native, labels)
-        return NDArray._wrap(loss, z.device)
+        labels = y.astype("int64")
+        if labels.size:
+            lo, hi = int(labels.min().item()), int(labels.max().item())
+            if lo < 0 or hi >= z.shape[1]:
+                raise ValueError(f"softmax_cross_entropy: labels must lie in [0, {z.shape[1]}),"
+                                 f" got values from {lo} to {hi}")
+        loss, self.lse = z.device.softmax_cross_entropy_fwd(z, labels)
+        return loss
 
-    def gradient(self, out_grad, node):
-        z, y = node.inputs
+    def backward_arrays(self, g, inputs, needs):
+        z, y = inputs
+        return z.device.softmax_cross_entropy_bwd(z, y, self.lse, g), None
+
+    def gradient_composed(self, out_grad, z, y):
         zd = z.realize_cached_data()
-        onehot = Tensor.make_const(
-            zd.device.one_hot(zd.shape[1], y.realize_cached_data().native, dtype=zd.dtype))
-        batch = zd.shape[0]
-        gz = (Softmax(1)(z) - onehot) * broadcast_to(reshape(out_grad / batch, (1, 1)),
-                                                     zd.shape)
-        yd = y.realize_cached_data()
-        return gz, Tensor.make_const(yd.device.zeros(yd.shape, dtype=yd.dtype))
-
-    def gradient_nd(self, g, node):
-        z = node.inputs[0].cached_data
-        labels = node.inputs[1].cached_data.native
-        dz = z.device.softmax_cross_entropy_bwd(z.native, labels, self.lse, g.native)
-        return NDArray._wrap(dz, z.device), None
+        onehot = Tensor.make_const(zd.device.one_hot(zd.shape[1], y.realize_cached_data(),
+                                                     dtype=zd.dtype))
+        scale = broadcast_to(reshape(out_grad / zd.shape[0], (1, 1)), zd.shape)
+        return (Softmax(1)(z) - onehot) * scale, None
 
 
 def softmax_cross_entropy(logits, labels):

@@ -5,6 +5,7 @@ reduced back to each input's shape by `reduce_to_shape`, the one helper for that
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -56,8 +57,9 @@ def normalize_axes(op: str, axes, ndim: int) -> Optional[Tuple[int, ...]]:
     return tuple(sorted(out))
 
 
-def reduce_to_shape(grad: Tensor, shape: tuple) -> Tensor:
-    """Sum a broadcast gradient back to `shape` (the input's shape before broadcasting)."""
+def reduce_to_shape(grad, shape: tuple):
+    """Sum a broadcast gradient (a Tensor or an NDArray) back to `shape`, the input's shape
+    before broadcasting."""
     shape = tuple(shape)
     gshape = grad.shape
     if gshape == shape:
@@ -66,20 +68,7 @@ def reduce_to_shape(grad: Tensor, shape: tuple) -> Tensor:
     axes = tuple(range(lead)) + tuple(
         i + lead for i, n in enumerate(shape) if n == 1 and gshape[i + lead] != 1)
     if axes:
-        grad = summation(grad, axes)
-    return reshape(grad, shape)
-
-
-def reduce_nd(grad: NDArray, shape: tuple) -> NDArray:
-    """`reduce_to_shape` on NDArrays (the fast backward path)."""
-    gshape = grad.shape
-    if gshape == shape:
-        return grad
-    lead = len(gshape) - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        i + lead for i, n in enumerate(shape) if n == 1 and gshape[i + lead] != 1)
-    if axes:
-        grad = grad.sum(axis=axes)
+        grad = grad.sum(axes)
     return grad.reshape(shape)
 
 
@@ -87,6 +76,7 @@ class _ScalarOp(TensorOp):
     """An op with one Tensor input and a Python-number attribute `scalar`."""
 
     __slots__ = ("scalar",)
+    array_rule = True
 
     def __init__(self, scalar):
         self.scalar = _scalar(scalar)
@@ -95,6 +85,7 @@ class _ScalarOp(TensorOp):
 # ---- elementwise binary -----------------------------------------------------------------------
 class EWiseAdd(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
         if a.shape != b.shape:
@@ -105,9 +96,6 @@ class EWiseAdd(TensorOp):
         a, b = node.inputs
         return reduce_to_shape(out_grad, a.shape), reduce_to_shape(out_grad, b.shape)
 
-    def gradient_nd(self, g, node):
-        a, b = node.inputs
-        return reduce_nd(g, a.cached_data.shape), reduce_nd(g, b.cached_data.shape)
 
 
 def add(a, b):
@@ -123,8 +111,6 @@ class AddScalar(_ScalarOp):
     def gradient(self, out_grad, node):
         return out_grad
 
-    def gradient_nd(self, g, node):
-        return (g,)
 
 
 def add_scalar(a, scalar):
@@ -133,6 +119,7 @@ def add_scalar(a, scalar):
 
 class EWiseMul(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
         if a.shape != b.shape:
@@ -144,9 +131,6 @@ class EWiseMul(TensorOp):
         return (reduce_to_shape(out_grad * b, a.shape),
                 reduce_to_shape(out_grad * a, b.shape))
 
-    def gradient_nd(self, g, node):
-        a, b = node.inputs[0].cached_data, node.inputs[1].cached_data
-        return reduce_nd(g * b, a.shape), reduce_nd(g * a, b.shape)
 
 
 def multiply(a, b):
@@ -162,8 +146,6 @@ class MulScalar(_ScalarOp):
     def gradient(self, out_grad, node):
         return out_grad * self.scalar
 
-    def gradient_nd(self, g, node):
-        return (g * self.scalar,)
 
 
 def mul_scalar(a, scalar):
@@ -174,6 +156,7 @@ class EWisePow(TensorOp):
     """a ** b elementwise, differentiable in both a and b."""
 
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
         if a.shape != b.shape:
@@ -210,12 +193,6 @@ class PowerScalar(_ScalarOp):
             return out_grad * a * 2
         return out_grad * (a ** (s - 1)) * s
 
-    def gradient_nd(self, g, node):
-        s = self.scalar
-        a = node.inputs[0].cached_data
-        if s == 0:
-            return (g * 0,)
-        return (g * (a ** (s - 1)) * s,)
 
 
 def power_scalar(a, scalar):
@@ -231,11 +208,12 @@ class ScalarPower(_ScalarOp):
         return self.scalar ** a
 
     def gradient(self, out_grad, node):
-        return out_grad * node * float(np.log(self.scalar))
+        return out_grad * node * math.log(self.scalar)
 
 
 class EWiseDiv(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
         if a.shape != b.shape:
@@ -248,9 +226,6 @@ class EWiseDiv(TensorOp):
         gb = -(out_grad * a) / (b * b)
         return reduce_to_shape(ga, a.shape), reduce_to_shape(gb, b.shape)
 
-    def gradient_nd(self, g, node):
-        a, b = node.inputs[0].cached_data, node.inputs[1].cached_data
-        return reduce_nd(g / b, a.shape), reduce_nd(-(g * a) / (b * b), b.shape)
 
 
 def divide(a, b):
@@ -266,8 +241,6 @@ class DivScalar(_ScalarOp):
     def gradient(self, out_grad, node):
         return out_grad / self.scalar
 
-    def gradient_nd(self, g, node):
-        return (g / self.scalar,)
 
 
 def divide_scalar(a, scalar):
@@ -278,6 +251,7 @@ class Maximum(TensorOp):
     """Elementwise maximum of two tensors; ties send the gradient to the first input."""
 
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
         if a.shape != b.shape:
@@ -286,7 +260,7 @@ class Maximum(TensorOp):
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        mask = Tensor.make_const(a.realize_cached_data() >= b.realize_cached_data())
+        mask = a >= b  # a constant 0/1 mask (Tensor or NDArray, as a and b are)
         return (reduce_to_shape(out_grad * mask, a.shape),
                 reduce_to_shape(out_grad * (1 - mask), b.shape))
 
@@ -298,6 +272,7 @@ def maximum(a, b):
 # ---- elementwise unary ------------------------------------------------------------------------
 class Negate(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray):
         return -a
@@ -305,8 +280,6 @@ class Negate(TensorOp):
     def gradient(self, out_grad, node):
         return -out_grad
 
-    def gradient_nd(self, g, node):
-        return (-g,)
 
 
 def negate(a):
@@ -315,6 +288,7 @@ def negate(a):
 
 class Log(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray):
         return a.log()
@@ -322,8 +296,6 @@ class Log(TensorOp):
     def gradient(self, out_grad, node):
         return out_grad / node.inputs[0]
 
-    def gradient_nd(self, g, node):
-        return (g / node.inputs[0].cached_data,)
 
 
 def log(a):
@@ -332,6 +304,7 @@ def log(a):
 
 class Exp(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray):
         return a.exp()
@@ -339,8 +312,6 @@ class Exp(TensorOp):
     def gradient(self, out_grad, node):
         return out_grad * node
 
-    def gradient_nd(self, g, node):
-        return (g * node.cached_data,)
 
 
 def exp(a):
@@ -351,15 +322,14 @@ class ReLU(TensorOp):
     """max(x, 0); the derivative is 1 where x > 0, else 0."""
 
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray):
         return a.maximum(0)
 
     def gradient(self, out_grad, node):
-        return out_grad * Tensor.make_const(node.inputs[0].realize_cached_data() > 0)
+        return out_grad * (node.inputs[0] > 0)
 
-    def gradient_nd(self, g, node):
-        return (g * (node.inputs[0].cached_data > 0),)
 
 
 def relu(a):
@@ -368,6 +338,7 @@ def relu(a):
 
 class Tanh(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray):
         return a.tanh()
@@ -375,9 +346,6 @@ class Tanh(TensorOp):
     def gradient(self, out_grad, node):
         return out_grad * (1 - node * node)
 
-    def gradient_nd(self, g, node):
-        y = node.cached_data
-        return (g - g * y * y,)
 
 
 def tanh(a):
@@ -388,6 +356,7 @@ class Sigmoid(TensorOp):
     """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2 so it never overflows."""
 
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray):
         return ((a * 0.5).tanh() + 1) * 0.5
@@ -395,9 +364,6 @@ class Sigmoid(TensorOp):
     def gradient(self, out_grad, node):
         return out_grad * node * (1 - node)
 
-    def gradient_nd(self, g, node):
-        y = node.cached_data
-        return (g * y * (1 - y),)
 
 
 def sigmoid(a):
@@ -406,6 +372,7 @@ def sigmoid(a):
 
 class Sqrt(TensorOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray):
         return a.sqrt()
@@ -427,6 +394,7 @@ class MatMul(TensorOp):
     """Matrix product; inputs of 3+ dims are stacks of matrices with broadcast batch dims."""
 
     __slots__ = ()
+    array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
         if a.ndim < 2 or b.ndim < 2:
@@ -446,74 +414,18 @@ class MatMul(TensorOp):
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        ga = matmul(out_grad, transpose(b))
-        gb = matmul(transpose(a), out_grad)
-        return reduce_to_shape(ga, a.shape), reduce_to_shape(gb, b.shape)
+        return (reduce_to_shape(out_grad @ b.transpose(), a.shape),
+                reduce_to_shape(a.transpose() @ out_grad, b.shape))
 
-    def gradient_nd(self, g, node):
-        a, b = node.inputs[0].cached_data, node.inputs[1].cached_data
-        ga = g @ b.permute(_swap_last(b.ndim))
-        gb = a.permute(_swap_last(a.ndim)) @ g
-        return reduce_nd(ga, a.shape), reduce_nd(gb, b.shape)
 
 
 def matmul(a, b):
     return MatMul()(a, b)
 
 
-class Linear(TensorOp):
-    """x @ weight + bias as one op: x (..., in), weight (in, out), bias (out,) or (1, out)
-    (course layout), or x @ weight without a bias. Forward adds the bias in place into the
-    product; the fast backward takes the bias gradient as one matrix-vector product."""
-
-    __slots__ = ()
-
-    def compute(self, x: NDArray, w: NDArray, b: NDArray = None):
-        if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
-            raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
-                             f"{w.shape} (in_features, out_features)")
-        if b is not None and b.size != w.shape[1]:
-            raise ValueError(f"linear: bias of shape {b.shape} for {w.shape[1]} outputs")
-        if x.dtype != w.dtype:
-            raise TypeError(f"linear: dtypes differ: input {x.dtype}, weight {w.dtype}")
-        xn = x.native
-        out = xn.reshape(-1, w.shape[0]) @ w.native
-        if b is not None:
-            out += b.native.reshape(-1)
-        return NDArray._wrap(out.reshape(x.shape[:-1] + (w.shape[1],)), x.device)
-
-    def gradient(self, out_grad, node):
-        x, w = node.inputs[0], node.inputs[1]
-        n_in, n_out = w.shape
-        g2 = reshape(out_grad, (-1, n_out))
-        x2 = reshape(x, (-1, n_in))
-        gx = reshape(matmul(g2, transpose(w)), x.shape)
-        gw = matmul(transpose(x2), g2)
-        if len(node.inputs) == 2:
-            return gx, gw
-        return gx, gw, reshape(summation(g2, (0,)), node.inputs[2].shape)
-
-    def gradient_nd(self, g, node):
-        x, w = node.inputs[0].cached_data, node.inputs[1].cached_data
-        xp, dev = x.device.xp, x.device
-        n_in, n_out = w.shape
-        g2 = g.native.reshape(-1, n_out)
-        gx = (g2 @ w.native.T).reshape(x.shape)
-        gw = x.native.reshape(-1, n_in).T @ g2
-        if len(node.inputs) == 2:
-            return NDArray._wrap(gx, dev), NDArray._wrap(gw, dev)
-        b = node.inputs[2].cached_data
-        gb = (xp.ones((1, g2.shape[0]), dtype=g2.dtype) @ g2).reshape(b.shape)
-        return NDArray._wrap(gx, dev), NDArray._wrap(gw, dev), NDArray._wrap(gb, dev)
-
-
-def linear(x, weight, bias=None):
-    """x @ weight + bias in one op (see `Linear`)."""
-    return Linear()(x, weight) if bias is None else Linear()(x, weight, bias)
-
-
 # ---- reductions -------------------------------------------------------------------------------
-def _keepdims_shape(shape, axes):
+def keepdims_shape(shape, axes):
+    """`shape` with the (normalized) `axes` kept as 1s: the shape of a keepdims reduction."""
     if axes is None:
         return (1,) * len(shape)
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
@@ -523,6 +435,7 @@ class Summation(TensorOp):
     """Sum over `axes` (int, tuple or None for all); reduced axes are dropped."""
 
     __slots__ = ("axes", "keepdims")
+    array_rule = True
 
     def __init__(self, axes=None, keepdims=False):
         self.axes = axes
@@ -536,15 +449,9 @@ class Summation(TensorOp):
         shape = node.inputs[0].shape
         axes = normalize_axes("summation", self.axes, len(shape))
         if not self.keepdims:
-            out_grad = reshape(out_grad, _keepdims_shape(shape, axes))
-        return broadcast_to(out_grad, shape)
+            out_grad = out_grad.reshape(keepdims_shape(shape, axes))
+        return out_grad.broadcast_to(shape)
 
-    def gradient_nd(self, g, node):
-        shape = node.inputs[0].cached_data.shape
-        axes = normalize_axes("summation", self.axes, len(shape))
-        if not self.keepdims:
-            g = g.reshape(_keepdims_shape(shape, axes))
-        return (g.broadcast_to(shape),)
 
 
 def summation(a, axes=None, keepdims=False):
@@ -563,6 +470,7 @@ class Max(TensorOp):
     """Maximum over `axes`; the gradient is shared equally among tied maxima."""
 
     __slots__ = ("axes", "keepdims")
+    array_rule = True
 
     def __init__(self, axes=None, keepdims=False):
         self.axes = axes
@@ -575,13 +483,13 @@ class Max(TensorOp):
         return a.max(axis=axes, keepdims=self.keepdims)
 
     def gradient(self, out_grad, node):
-        a = node.inputs[0].realize_cached_data()
-        axes = normalize_axes("max", self.axes, a.ndim)
-        kshape = _keepdims_shape(a.shape, axes)
-        mask = a == node.realize_cached_data().reshape(kshape).broadcast_to(a.shape)
-        mask = mask / mask.sum(axis=axes, keepdims=True).broadcast_to(a.shape)
-        g = out_grad if self.keepdims else reshape(out_grad, kshape)
-        return broadcast_to(g, a.shape) * Tensor.make_const(mask)
+        a = node.inputs[0]
+        shape = a.shape
+        kshape = keepdims_shape(shape, normalize_axes("max", self.axes, len(shape)))
+        mask = a >= node.reshape(kshape).broadcast_to(shape)  # the maxima (a constant)
+        mask = mask / mask.sum(self.axes, keepdims=True).broadcast_to(shape)
+        g = out_grad if self.keepdims else out_grad.reshape(kshape)
+        return g.broadcast_to(shape) * mask
 
 
 def max(a, axes=None, keepdims=False):  # noqa: A001 (course/PyTorch name)
@@ -593,6 +501,7 @@ class BroadcastTo(TensorOp):
     """Broadcast to `shape` by NumPy's rules (leading axes may be added)."""
 
     __slots__ = ("shape",)
+    array_rule = True
 
     def __init__(self, shape):
         self.shape = tuple(shape)
@@ -611,8 +520,6 @@ class BroadcastTo(TensorOp):
     def gradient(self, out_grad, node):
         return reduce_to_shape(out_grad, node.inputs[0].shape)
 
-    def gradient_nd(self, g, node):
-        return (reduce_nd(g, node.inputs[0].cached_data.shape),)
 
 
 def broadcast_to(a, shape):
@@ -621,6 +528,7 @@ def broadcast_to(a, shape):
 
 class Reshape(TensorOp):
     __slots__ = ("shape",)
+    array_rule = True
 
     def __init__(self, shape):
         self.shape = tuple(shape)
@@ -638,10 +546,8 @@ class Reshape(TensorOp):
         return a.reshape(shape)
 
     def gradient(self, out_grad, node):
-        return reshape(out_grad, node.inputs[0].shape)
+        return out_grad.reshape(node.inputs[0].shape)
 
-    def gradient_nd(self, g, node):
-        return (g.reshape(node.inputs[0].cached_data.shape),)
 
 
 def reshape(a, shape):
@@ -652,6 +558,7 @@ class Transpose(TensorOp):
     """Swap two axes (default: the last two); course semantics, not NumPy's permutation."""
 
     __slots__ = ("axes",)
+    array_rule = True
 
     def __init__(self, axes: Optional[tuple] = None):
         self.axes = axes
@@ -672,7 +579,7 @@ class Transpose(TensorOp):
         return a.permute(perm)
 
     def gradient(self, out_grad, node):
-        return transpose(out_grad, self.axes)
+        return out_grad.transpose(self.axes)
 
 
 def transpose(a, axes=None):
@@ -683,6 +590,7 @@ class Permute(TensorOp):
     """Reorder all axes (`axes` is a permutation, as in NumPy's transpose)."""
 
     __slots__ = ("axes",)
+    array_rule = True
 
     def __init__(self, axes):
         self.axes = tuple(axes)
@@ -694,10 +602,11 @@ class Permute(TensorOp):
         return a.permute(self.axes)
 
     def gradient(self, out_grad, node):
-        return permute(out_grad, tuple(int(i) for i in np.argsort(self.axes)))
+        inverse = [0] * len(self.axes)
+        for i, ax in enumerate(self.axes):
+            inverse[ax] = i
+        return out_grad.permute(tuple(inverse))
 
-    def gradient_nd(self, g, node):
-        return (g.permute(tuple(int(i) for i in np.argsort(self.axes))),)
 
 
 def permute(a, axes):
@@ -708,6 +617,7 @@ class ToDevice(TensorOp):
     """A copy on another device; the gradient goes back to the source device."""
 
     __slots__ = ("device",)
+    array_rule = True
 
     def __init__(self, device):
         self.device = device

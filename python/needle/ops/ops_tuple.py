@@ -1,18 +1,18 @@
 """Ops over tuples of tensors: make_tuple, tuple_get_item, stack and split."""
 from __future__ import annotations
 
-from ..autograd import NDArray, Tensor, TensorOp, TensorTuple, TensorTupleOp
+from ..autograd import NDArray, Tensor, TensorOp, TensorTupleOp
 from ..backend_ndarray import stack as nd_stack
 
 
 class MakeTensorTuple(TensorTupleOp):
     __slots__ = ()
+    array_rule = True
 
     def compute(self, *args: NDArray):
         return tuple(args)
 
     def gradient(self, out_grad, node):
-        assert isinstance(out_grad, TensorTuple)
         return tuple(out_grad[i] for i in range(len(out_grad)))
 
 
@@ -22,11 +22,14 @@ def make_tuple(*args):
 
 class TupleGetItem(TensorOp):
     __slots__ = ("index",)
+    array_rule = True
 
     def __init__(self, index: int):
         self.index = index
 
     def __call__(self, a, fold_const=True):
+        if isinstance(a, tuple):  # a tuple of NDArrays (a rule on the fast path)
+            return a[self.index]
         # Indexing a tuple made by make_tuple returns the original tensor, as the course does.
         if fold_const and isinstance(a.op, MakeTensorTuple):
             return a.inputs[self.index]
@@ -36,13 +39,15 @@ class TupleGetItem(TensorOp):
         return a[self.index]
 
     def gradient(self, out_grad, node):
+        graph = isinstance(out_grad, Tensor)
         parts = []
         for i, value in enumerate(node.inputs[0].realize_cached_data()):
             if i == self.index:
                 parts.append(out_grad)
             else:
-                parts.append(Tensor.make_const(value.device.zeros(value.shape, value.dtype)))
-        return make_tuple(*parts)
+                zeros = value.device.zeros(value.shape, value.dtype)
+                parts.append(Tensor.make_const(zeros) if graph else zeros)
+        return (make_tuple(*parts),)  # one partial: a tuple for the tuple-valued input
 
 
 def tuple_get_item(value, index):
@@ -53,6 +58,7 @@ class Stack(TensorOp):
     """Stack same-shape tensors along a new axis `axis`; input is one TensorTuple."""
 
     __slots__ = ("axis",)
+    array_rule = True
 
     def __init__(self, axis: int):
         self.axis = axis
@@ -71,7 +77,7 @@ class Stack(TensorOp):
         return nd_stack(list(args), axis=self.axis)
 
     def gradient(self, out_grad, node):
-        return split(out_grad, self.axis)
+        return (split(out_grad, self.axis),)  # one partial: a tuple for the one input
 
 
 def stack(args, axis):
@@ -82,6 +88,7 @@ class Split(TensorTupleOp):
     """The inverse of stack: the slices of `a` along `axis`, that axis removed."""
 
     __slots__ = ("axis",)
+    array_rule = True
 
     def __init__(self, axis: int):
         self.axis = axis
@@ -94,7 +101,7 @@ class Split(TensorTupleOp):
         return tuple(a.select(lead + (i,)) for i in range(a.shape[axis]))
 
     def gradient(self, out_grad, node):
-        return stack(list(out_grad.tuple()), self.axis)
+        return stack(list(out_grad), self.axis)
 
 
 def split(a, axis):

@@ -1,0 +1,14 @@
+"""Device kernels for convolution and pooling (im2col windows, col2im, pooling windows).
+
+A mixin of `Device`: every method takes and returns NDArrays and is written once against
+`self.xp`, so `cpu()` and `cuda()` share it; a backend overrides one only with a faster kernel
+that gives the same numbers. Inside these methods `a._array` is the native strided view and
+`self._wrap(native)` makes an NDArray of a native result.
+"""
+from __future__ import annotations
+
+
+class ConvKernels:
+    """Kernels for convolution and pooling (im2col windows, col2im, pooling windows)."""
+
+    __slots__ = ()
