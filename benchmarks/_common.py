@@ -27,9 +27,11 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def print_table(title: str, rows) -> None:
-    """rows: (name, needle value, torch value, unit, ratio text, target text)."""
+def print_table(title: str, rows, columns=("needle", "torch")) -> None:
+    """rows: (name, needle value, torch value, unit, ratio text, target text); `columns` names
+    the two value columns."""
     print(f"\n{title}  ({machine()})")
-    print(f"{'case':44s} {'needle':>12s} {'torch':>12s} {'unit':>10s} {'ratio':>8s}  target")
+    print(f"{'case':44s} {columns[0]:>12s} {columns[1]:>12s} {'unit':>10s} {'ratio':>8s}  "
+          "target")
     for name, a, b, unit, ratio, target in rows:
         print(f"{name:44s} {a:12.3f} {b:12.3f} {unit:>10s} {ratio:>8s}  {target}")

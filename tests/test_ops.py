@@ -237,7 +237,7 @@ TOP_LEVEL_OPS = [
     "logsoftmax", "make_tuple", "tuple_get_item",
     "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
     "PowerScalar", "Negate", "MatMul", "Summation", "BroadcastTo", "Reshape", "Transpose",
-    "Log", "Exp", "ReLU", "Tanh", "LogSumExp", "LogSoftmax", "Stack", "Split", "Flip", "Dilate",
+    "Log", "Exp", "LogSumExp", "LogSoftmax", "Stack", "Split", "Flip", "Dilate",
     "UnDilate",
 ]
 
@@ -246,6 +246,21 @@ TOP_LEVEL_OPS = [
 def test_op_names_reexported_at_top_level(name):
     assert hasattr(ops, name)
     assert getattr(ndl, name) is getattr(ops, name)
+
+
+@pytest.mark.parametrize("name", ["Linear", "Conv", "LayerNorm", "BatchNorm", "ReLU", "Tanh",
+                                  "Sigmoid", "MaxPool2d", "AvgPool2d"])
+def test_op_classes_named_like_nn_modules_stay_in_ops(name):
+    # `needle.Linear` would shadow the meaning of `needle.nn.Linear`; the op is `ops.Linear`
+    assert hasattr(ops, name) and not hasattr(ndl, name)
+    assert name == "BatchNorm" or hasattr(ndl.nn, name)
+
+
+def test_public_surface_is_written_out():
+    for mod in (ndl, ops, ndl.nn, ndl.init, ndl.data, ndl.optim, ndl.backend_ndarray):
+        assert isinstance(mod.__all__, list) and mod.__all__
+        missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+        assert not missing, f"{mod.__name__}.__all__ names what it lacks: {missing}"
 
 
 @pytest.mark.parametrize("name", ["Tensor", "TensorTuple", "cpu", "cuda", "NDArray", "Device",

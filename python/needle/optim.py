@@ -1,8 +1,8 @@
 """Optimizers, learning-rate schedules and gradient clipping.
 
 Every optimizer is a stateful class over a plain update rule. Updates happen in place on each
-parameter's native device array (`p.cached_data.native`), outside the autograd graph: a step
-creates no Tensor, never touches `p.grad`, and a training loop does not grow memory.
+parameter's NDArray (`p.realize_cached_data()`), outside the autograd graph: a step creates no
+Tensor, never touches `p.grad`, and a training loop does not grow memory.
 
 Update rules (course conventions where the course has one, PyTorch's otherwise):
 
@@ -29,26 +29,22 @@ __all__ = [
 ]
 
 
-def _writable_native(p: Tensor):
-    """The parameter's native array, made an owned, contiguous, writable array if needed."""
+def _writable(p: Tensor) -> NDArray:
+    """The parameter's NDArray, replaced by an owned compact copy first if it is a view (a
+    parameter made from a slice or a broadcast must not write through to another array)."""
     data = p.realize_cached_data()
-    native = data.native
-    flags = getattr(native, "flags", None)
-    # (CuPy's flags have no `writeable`; its arrays always are)
-    if flags is not None and not (getattr(flags, "writeable", True) and flags.c_contiguous
-                                  and flags.owndata):
-        native = data.device.xp.array(native, order="C")
-        p.cached_data = NDArray._wrap(native, data.device)
-    return native
+    owned = data.as_owned()
+    if owned is not data:
+        p.cached_data = owned
+    return owned
 
 
 class Optimizer:
     """Base class: holds the parameter list, the learning rate and per-parameter state.
 
-    `state` maps a parameter to a dict of native arrays (momentum, moments, ...). Subclasses
-    list their hyperparameter names in `hyperparameter_names` (saved by `state_dict`) and
-    implement `_update(w, g, state)` on native arrays; `step` sets `self.device` to the
-    parameter's device first, for rules that call a fused device kernel (Adam).
+    `state` maps a parameter to a dict of NDArrays (momentum, moments, ...). Subclasses list
+    their hyperparameter names in `hyperparameter_names` (saved by `state_dict`) and implement
+    `_update(w, g, state)` on NDArrays, in place on `w` and the state.
     """
 
     hyperparameter_names: tuple = ("lr",)
@@ -82,8 +78,8 @@ class Optimizer:
         for p in self.params:
             if p.grad is None:
                 continue
-            w = _writable_native(p)
-            g = p.grad.realize_cached_data().native
+            w = _writable(p)
+            g = p.grad.realize_cached_data()
             if g.shape != w.shape:
                 raise ValueError(f"{type(self).__name__}.step: gradient of shape {g.shape} for a "
                                  f"parameter of shape {w.shape}")
@@ -92,7 +88,6 @@ class Optimizer:
             state = self.state.get(p)
             if state is None:
                 state = self.state[p] = {}
-            self.device = p.cached_data.device  # for rules that call a device kernel
             self._update(w, g, state)
 
     def _update(self, w, g, state: Dict[str, Any]) -> None:
@@ -107,7 +102,7 @@ class Optimizer:
         state = {}
         for i, p in enumerate(self.params):
             if p in self.state:
-                state[i] = {k: np.array(_to_numpy(v)) for k, v in self.state[p].items()}
+                state[i] = {k: v.numpy() for k, v in self.state[p].items()}
         return {"name": type(self).__name__, "hyperparameters": self.hyperparameters(),
                 "t": self.t, "state": state}
 
@@ -124,7 +119,6 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}.load_state_dict: parameter index {i} "
                                  f"out of range for {len(self.params)} parameters")
             p = self.params[i]
-            xp = p.device.xp
             arrays = {}
             for k, v in entry.items():
                 v = np.asarray(v)
@@ -132,16 +126,12 @@ class Optimizer:
                     raise ValueError(f"{type(self).__name__}.load_state_dict: state {k!r} of "
                                      f"parameter {i} has shape {v.shape}, the parameter "
                                      f"{tuple(p.shape)}")
-                arrays[k] = xp.array(v.astype(p.dtype))
+                arrays[k] = NDArray(v, device=p.device, dtype=p.dtype)
             new_state[p] = arrays
         for k, v in state_dict["hyperparameters"].items():
             setattr(self, k, v)
         self.t = int(state_dict["t"])
         self.state = new_state
-
-
-def _to_numpy(native) -> np.ndarray:
-    return native.get() if hasattr(native, "get") else native
 
 
 class SGD(Optimizer):
@@ -206,7 +196,7 @@ class Adam(Optimizer):
             v = state["v"] = w * 0
         else:
             v = state["v"]
-        self.device.adam_update(w, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.t,
+        w.device.adam_update(w, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.t,
                                 self.weight_decay, self.decoupled)
 
 
@@ -289,14 +279,14 @@ def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
     params = [p for p in params if p.grad is not None]
     total = 0.0
     for p in params:
-        g = p.grad.realize_cached_data().native
-        total += float((g * g).sum())
+        g = p.grad.realize_cached_data()
+        total += float((g * g).sum().item())
     total = math.sqrt(total)
     if total > max_norm:
         scale = max_norm / (total + 1e-6)
         for p in params:
             data = p.grad.realize_cached_data()
-            p.grad = Tensor.make_const(NDArray._wrap(data.native * scale, data.device))
+            p.grad = Tensor.make_const(data * scale)
     return total
 
 

@@ -2,8 +2,8 @@
 from .cuda import CUDADevice, cuda
 from .device import CPUDevice, Device, cpu, cpu_numpy, default_device
 from .ndarray import (
-    ArrayNode, Handle, NDArray, array, broadcast_to, concatenate, einsum, empty, exp, flip, full, log, maximum,
-    reshape, stack, sum, tanh, where,
+    ArrayNode, Handle, NDArray, array, broadcast_to, concatenate, einsum, empty, exp, flip, full,
+    log, maximum, reshape, stack, sum, tanh, where,
 )
 
 BackendDevice = Device
@@ -24,7 +24,8 @@ def all_devices():
 
 
 __all__ = [
-    "NDArray", "ArrayNode", "Handle", "einsum", "Device", "BackendDevice", "CPUDevice", "CUDADevice", "cpu", "cuda",
+    "NDArray", "ArrayNode", "Handle", "einsum", "Device", "BackendDevice", "CPUDevice",
+    "CUDADevice", "cpu", "cuda",
     "cpu_numpy", "default_device", "all_devices", "array_module", "array", "empty", "full",
     "broadcast_to", "reshape", "maximum", "log", "exp", "tanh", "sum", "flip", "stack",
     "concatenate", "where",

@@ -1,4 +1,5 @@
-"""Device kernels for data-parallel training (packing gradients into one flat buffer, float64 statistics).
+"""Device kernels for data-parallel training (gradients packed into one flat buffer,
+float64 statistics).
 
 A mixin of `Device`: every method takes and returns NDArrays and is written once against
 `self.xp`, so `cpu()` and `cuda()` share it; a backend overrides one only with a faster kernel
@@ -9,6 +10,6 @@ from __future__ import annotations
 
 
 class CommKernels:
-    """Kernels for data-parallel training (packing gradients into one flat buffer, float64 statistics)."""
+    """Kernels for data-parallel training."""
 
     __slots__ = ()

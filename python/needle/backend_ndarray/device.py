@@ -139,7 +139,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
     def softmax_cross_entropy_bwd(self, z, labels, lse, g):
         """d(loss)/dz for the loss of `softmax_cross_entropy_fwd` and upstream gradient g."""
         return self._wrap(self._softmax_cross_entropy_bwd(
-            z._array, labels._array, lse._array, g._array))
+            z._array, labels._array, lse._array, getattr(g, "_array", g)))
 
     def layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
         """(y, mean, rstd) of layer norm over the last axis; weight/bias (D,) or None."""

@@ -187,6 +187,16 @@ class NDArray:
         """The value of a one-element array as a Python number."""
         return self._array.item()
 
+    def as_owned(self) -> "NDArray":
+        """Self when it owns a compact, writable buffer; else a compact copy (what an in-place
+        update needs so as not to write through a view into another array)."""
+        a = self._array
+        flags = a.flags
+        # (CuPy's flags have no `writeable`; its arrays always are)
+        if getattr(flags, "writeable", True) and flags.c_contiguous and flags.owndata:
+            return self
+        return NDArray._wrap(self._device.xp.array(a, order="C"), self._device)
+
     def copy(self) -> "NDArray":
         """A compact copy that shares nothing with this array."""
         return NDArray._wrap(self._array.copy(), self._device)
@@ -305,12 +315,18 @@ class NDArray:
             view[...] = other
 
     def select(self, index) -> "NDArray":
-        """NumPy-style indexing (ints drop axes; integer arrays gather); a view when basic."""
-        return self._view(self._array[index])
+        """NumPy-style indexing (ints drop axes; integer or boolean NDArrays gather); a view
+        when the index is basic."""
+        return self._view(self._array[_native_index(index)])
+
+    def put(self, index, values) -> None:
+        """self[index] = values in place, with NumPy-style indexing (see `select`)."""
+        self._array[_native_index(index)] = (values._array if isinstance(values, NDArray)
+                                             else values)
 
     def scatter_add(self, index, values: "NDArray") -> None:
         """self[index] += values in place, accumulating repeated indices (NumPy semantics)."""
-        self._device.scatter_add(self._array, index, values._array)
+        self._device.scatter_add(self._array, _native_index(index), values._array)
 
     # ---- elementwise -------------------------------------------------------------------
     def __add__(self, other):
@@ -525,6 +541,13 @@ def where(cond: NDArray, a, b) -> NDArray:
     return NDArray._wrap(dev.xp.where(cond._array != 0, av, bv), dev)
 
 
+def _native_index(index):
+    """A NumPy-style index with its NDArray parts as native arrays."""
+    if isinstance(index, tuple):
+        return tuple(i._array if isinstance(i, NDArray) else i for i in index)
+    return index._array if isinstance(index, NDArray) else index
+
+
 def _axes(axes):
     """NumPy's `axis` argument from Tensor's `axes` (an int, a list or a tuple)."""
     if axes is None or isinstance(axes, int):
@@ -564,5 +587,6 @@ def is_scalar(x) -> bool:
     return isinstance(x, Number)
 
 
-__all__ = ["NDArray", "ArrayNode", "Handle", "einsum", "array", "empty", "full", "broadcast_to", "reshape", "maximum",
-           "log", "exp", "tanh", "sum", "flip", "stack", "concatenate", "where", "cpu"]
+__all__ = ["NDArray", "ArrayNode", "Handle", "einsum", "array", "empty", "full", "broadcast_to",
+           "reshape", "maximum", "log", "exp", "tanh", "sum", "flip", "stack", "concatenate",
+           "where", "cpu"]

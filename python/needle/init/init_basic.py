@@ -48,7 +48,7 @@ def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False):
 
 def one_hot(n, i, device=None, dtype="float32", requires_grad=False):
     """Rows of the n x n identity for the class ids in `i` (a Tensor or array of ids)."""
-    ids = i.realize_cached_data().native if isinstance(i, Tensor) else np.asarray(i)
+    ids = i.realize_cached_data() if isinstance(i, Tensor) else np.asarray(i)
     array = _device(device).one_hot(n, ids, dtype=dtype)
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
 

@@ -1,4 +1,6 @@
-"""Ready-made models. Each engineer adds one import line for their models here."""
+"""Ready-made models: MLPResNet, ResNet9, SmallResNet and the language models."""
 from .mlp_resnet import MLPResNet, ResidualBlock
 from .resnet import ResNet9, SmallResNet
 from .language import LanguageModel
+
+__all__ = ["MLPResNet", "ResidualBlock", "ResNet9", "SmallResNet", "LanguageModel"]

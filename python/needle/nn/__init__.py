@@ -14,3 +14,13 @@ from .nn_sequence import GRU, LSTM, RNN, Embedding, GRUCell, LSTMCell, RNNCell
 from .nn_transformer import (
     MultiheadAttention, PositionalEmbedding, Transformer, TransformerEncoderLayer,
 )
+
+__all__ = [
+    "Module", "Parameter", "Identity", "Sequential", "Residual", "Flatten", "Linear", "ReLU",
+    "Sigmoid", "Tanh", "GELU", "ELU", "LeakyReLU", "Softplus", "Softsign", "Dropout",
+    "BatchNorm1d", "BatchNorm2d", "LayerNorm", "LayerNorm1d", "GroupNorm", "InstanceNorm2d",
+    "SyncBatchNorm", "convert_sync_batchnorm", "Conv", "ConvTranspose", "MaxPool2d",
+    "AvgPool2d", "AdaptiveAvgPool2d", "RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell",
+    "Embedding", "MultiheadAttention", "PositionalEmbedding", "Transformer",
+    "TransformerEncoderLayer", "SoftmaxLoss", "MSELoss", "functional", "functional_conv",
+]

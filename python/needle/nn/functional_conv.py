@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .. import ops
 from ..autograd import Tensor
-from ..ops.ops_conv import _dilate_hw, _pad_or_crop
+from ..ops.ops_conv import Conv, conv_nchw, dilate_hw, pad_or_crop_hw
 
 
 def _check_nchw(op: str, x: Tensor, channels: int | None = None) -> None:
@@ -17,13 +17,11 @@ def _check_nchw(op: str, x: Tensor, channels: int | None = None) -> None:
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
            padding: int = 0) -> Tensor:
-    """NCHW conv with a (K, K, C_in, C_out) weight; equals torch conv2d with the weight
-    permuted (3, 2, 0, 1)."""
+    """NCHW conv with a (K, K, C_in, C_out) weight and a (C_out,) bias, one op; equals torch
+    conv2d with the weight permuted (3, 2, 0, 1). The output is an NCHW view of NHWC memory
+    (what the next conv reads without a copy)."""
     _check_nchw("conv2d", x, weight.shape[2])
-    y = ops.conv(ops.permute(x, (0, 2, 3, 1)), weight, stride=stride, padding=padding)
-    if bias is not None:
-        y = y + bias
-    return ops.permute(y, (0, 3, 1, 2))
+    return conv_nchw(x, weight, bias, stride, padding)
 
 
 def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
@@ -35,12 +33,11 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stri
         raise ValueError(f"conv_transpose2d: output_padding must be in [0, stride), got "
                          f"{output_padding} with stride {stride}")
     kh, kw = weight.shape[:2]
-    xh = _dilate_hw(ops.permute(x, (0, 2, 3, 1)), stride)
+    xh = dilate_hw(ops.permute(x, (0, 2, 3, 1)), stride)
     lo_h, lo_w = kh - 1 - padding, kw - 1 - padding
-    xh = _pad_or_crop(xh, ((lo_h, lo_h + output_padding), (lo_w, lo_w + output_padding)))
-    y = ops.conv(xh, ops.flip(weight, (0, 1)), stride=1, padding=0)
-    if bias is not None:
-        y = y + bias
+    xh = pad_or_crop_hw(xh, ((lo_h, lo_h + output_padding), (lo_w, lo_w + output_padding)))
+    wf = ops.flip(weight, (0, 1))
+    y = Conv(1, 0)(xh, wf) if bias is None else Conv(1, 0)(xh, wf, bias)
     return ops.permute(y, (0, 3, 1, 2))
 
 

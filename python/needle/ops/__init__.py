@@ -17,9 +17,9 @@ from .ops_mathematic import (
     AddScalar, BroadcastTo, DivScalar, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Log,
     MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, Reshape, ScalarPower,
     Sigmoid, Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
-    divide_scalar, exp, keepdims_shape, log, matmul, max, maximum, mean, mul_scalar, multiply, negate,
-    normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape, sigmoid, sqrt,
-    summation, tanh, to_device, transpose,
+    divide_scalar, exp, keepdims_shape, log, matmul, max, maximum, mean, mul_scalar, multiply,
+    negate, normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape,
+    sigmoid, sqrt, summation, tanh, to_device, transpose,
 )
 from .ops_norm import (
     BatchNorm, LayerNorm, Standardize, batch_norm_train, layer_norm, standardize,
@@ -31,4 +31,25 @@ from .ops_tuple import (
     MakeTensorTuple, Split, Stack, TupleGetItem, make_tuple, split, stack, tuple_get_item,
 )
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    # functions
+    "add", "add_scalar", "multiply", "mul_scalar", "power", "power_scalar", "divide",
+    "divide_scalar", "negate", "log", "exp", "relu", "tanh", "sigmoid", "sqrt", "maximum",
+    "matmul", "linear", "summation", "mean", "max", "broadcast_to", "reshape", "transpose",
+    "permute", "to_device", "getitem", "scatter_add", "flip", "pad", "dilate", "undilate",
+    "logsumexp", "logsoftmax", "softmax", "softmax_cross_entropy", "standardize", "layer_norm",
+    "batch_norm_train", "conv", "max_pool2d", "avg_pool2d", "scaled_dot_product_attention",
+    "rnn_layer", "lstm_layer", "gru_layer", "make_tuple", "tuple_get_item", "stack", "split",
+    # helpers for writing gradient rules
+    "reduce_to_shape", "keepdims_shape", "normalize_axes", "vjp_of",
+    # op classes
+    "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWisePow", "PowerScalar", "ScalarPower",
+    "EWiseDiv", "DivScalar", "Negate", "Log", "Exp", "ReLU", "Tanh", "Sigmoid", "Sqrt",
+    "Maximum", "MatMul", "Linear", "Summation", "Max", "BroadcastTo", "Reshape", "Transpose",
+    "Permute", "ToDevice", "GetItem", "ScatterAdd", "Flip", "Pad", "Dilate", "UnDilate",
+    "LogSumExp", "LogSoftmax", "Softmax", "SoftmaxCrossEntropy", "Standardize", "LayerNorm",
+    "BatchNorm", "Conv", "MaxPool2d", "AvgPool2d", "AvgPool2dAdjoint", "ScatterFlat",
+    "GatherFlat", "ScaledDotProductAttention", "RNNLayer", "LSTMLayer", "GRULayer",
+    "MakeTensorTuple", "TupleGetItem", "Stack", "Split", "FusedOp", "FusedTupleOp",
+    "FusedBackward",
+]

@@ -6,23 +6,20 @@ import numpy as np
 from ..autograd import NDArray, Tensor, TensorOp
 
 
-def _native_index(index, device):
-    """An index with Tensors/NDArrays/lists turned into native integer arrays on `device`."""
+def _array_index(index, device):
+    """An index with Tensors, lists and NumPy arrays turned into NDArrays on `device` (integer
+    ids as int64; boolean masks kept), for `NDArray.select`/`put`/`scatter_add`."""
     if not isinstance(index, tuple):
         index = (index,)
     out = []
     for item in index:
         if isinstance(item, Tensor):
             item = item.realize_cached_data()
-        if isinstance(item, NDArray):
-            item = item.native
-            if item.dtype.kind == "f":
-                item = item.astype(np.int64)
         elif isinstance(item, (list, np.ndarray)):
             arr = np.asarray(item)
-            if arr.dtype.kind == "f":
-                arr = arr.astype(np.int64)
-            item = device.xp.asarray(arr) if arr.dtype.kind != "b" else device.xp.asarray(arr)
+            item = NDArray(arr, device=device, dtype="int64" if arr.dtype.kind == "f" else None)
+        if isinstance(item, NDArray) and item.dtype.kind == "f":
+            item = item.astype("int64")
         out.append(item)
     return tuple(out)
 
@@ -36,9 +33,10 @@ class GetItem(TensorOp):
     """a[index] with NumPy semantics (ints drop axes, integer arrays gather)."""
 
     __slots__ = ("index",)
+    array_rule = True
 
     def __init__(self, index):
-        self.index = index  # native index (see _native_index)
+        self.index = index  # an index of ints, slices and NDArrays (see _array_index)
 
     def compute(self, a: NDArray):
         try:
@@ -49,14 +47,12 @@ class GetItem(TensorOp):
     def gradient(self, out_grad, node):
         return ScatterAdd(self.index, node.inputs[0].shape)(out_grad)
 
-    def gradient_nd(self, g, node):
-        return (ScatterAdd(self.index, node.inputs[0].cached_data.shape).compute(g),)
-
 
 class ScatterAdd(TensorOp):
     """zeros(shape) with `values` added at `index`: the adjoint of getitem (repeats add up)."""
 
     __slots__ = ("index", "shape", "basic")
+    array_rule = True
 
     def __init__(self, index, shape):
         self.index = index
@@ -66,7 +62,7 @@ class ScatterAdd(TensorOp):
     def compute(self, values: NDArray):
         out = values.device.zeros(self.shape, dtype=values.dtype)
         if self.basic:
-            out.native[self.index] = values.native
+            out.put(self.index, values)
         else:
             out.scatter_add(self.index, values)
         return out
@@ -77,18 +73,19 @@ class ScatterAdd(TensorOp):
 
 def getitem(a, index):
     """a[index]: ints, slices, None, Ellipsis, integer/bool arrays or Tensors of ids."""
-    return GetItem(_native_index(index, a.device))(a)
+    return GetItem(_array_index(index, a.device))(a)
 
 
 def scatter_add(values, index, shape):
     """zeros(shape) with values added at index (repeated indices accumulate)."""
-    return ScatterAdd(_native_index(index, values.device), shape)(values)
+    return ScatterAdd(_array_index(index, values.device), shape)(values)
 
 
 class Flip(TensorOp):
     """Reverse the order of elements along `axes`."""
 
     __slots__ = ("axes",)
+    array_rule = True
 
     def __init__(self, axes):
         self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
@@ -111,6 +108,7 @@ class Pad(TensorOp):
     """Zero padding: `axes` holds one (before, after) pair per axis, as `np.pad`."""
 
     __slots__ = ("axes",)
+    array_rule = True
 
     def __init__(self, axes):
         self.axes = tuple((int(lo), int(hi)) for lo, hi in axes)
@@ -132,6 +130,7 @@ def pad(a, axes):
 
 class _DilationOp(TensorOp):
     __slots__ = ("axes", "dilation")
+    array_rule = True
 
     def __init__(self, axes, dilation: int):
         self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
@@ -167,7 +166,7 @@ class Dilate(_DilationOp):
         shape = tuple(n * (1 + self.dilation) if i in axes else n
                       for i, n in enumerate(a.shape))
         out = a.device.zeros(shape, dtype=a.dtype)
-        out.native[_dilation_index(a.ndim, axes, self.dilation)] = a.native
+        out.put(_dilation_index(a.ndim, axes, self.dilation), a)
         return out
 
     def gradient(self, out_grad, node):

@@ -40,8 +40,9 @@ class TupleGetItem(TensorOp):
 
     def gradient(self, out_grad, node):
         graph = isinstance(out_grad, Tensor)
+        src = node.inputs[0]  # a TensorTuple, or on the fast path the tuple of its arrays
         parts = []
-        for i, value in enumerate(node.inputs[0].realize_cached_data()):
+        for i, value in enumerate(src if isinstance(src, tuple) else src.realize_cached_data()):
             if i == self.index:
                 parts.append(out_grad)
             else:

@@ -1,0 +1,147 @@
+"""The reverse passes over the graph: topological order, the graph backward and the fast one.
+
+Below the autograd: these functions walk `Value` nodes (their `op`, `inputs`, `cached_data`,
+`requires_grad`) and call each op's `gradient` rule; they make no Tensor themselves except
+constants of a node's own class. `autograd` builds the public functions (`backward`,
+`gradients`, `partials`) on them.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from .backend_ndarray import ArrayNode, NDArray
+from .grad_mode import MODE as _MODE
+
+
+def check_finite(op, data, where="forward"):
+    arrays = data if isinstance(data, tuple) else (data,)
+    for a in arrays:
+        if a is not None and a.dtype.kind == "f" and not a.isfinite():
+            what = "an output" if where == "forward" else "a gradient (in its backward)"
+            raise FloatingPointError(
+                f"{op!r}: produced a non-finite value (nan or inf) in {what} of shape "
+                f"{a.shape} (anomaly detection is on)")
+
+
+class _TupleNode(tuple):
+    """A tuple-valued node's value seen by the fast backward (see `ArrayNode`)."""
+
+    def realize_cached_data(self):
+        return self
+
+
+def _array_node(node):
+    """The fast backward's view of `node`: its value, with its inputs' values."""
+    inputs = tuple(x.cached_data for x in node.inputs)
+    needs = tuple(x.requires_grad for x in node.inputs)
+    data = node.cached_data
+    if isinstance(data, tuple):
+        view = _TupleNode(data)
+        view.inputs, view.needs_input_grad = inputs, needs
+        return view
+    return ArrayNode.of(data, inputs, needs)
+
+
+def reverse_pass_fast(output, out_grad: NDArray) -> dict:
+    """Reverse pass on NDArrays; returns {leaf: gradient NDArray}.
+
+    Each op's one `gradient` rule runs on the nodes' values (see `Op.array_rule`), so no
+    Tensor and no graph is made."""
+    saved = _MODE.grad_enabled
+    _MODE.grad_enabled = False
+    leaves = {}
+    try:
+        grads = {output: out_grad}
+        for node in reversed(find_topo_sort([output], only_requiring_grad=True)):
+            grad = grads.pop(node, None)
+            if grad is None:
+                continue
+            op = node.op
+            if op is None:
+                leaves[node] = grad
+                continue
+            if op.array_rule:
+                partials = op.gradient_as_tuple(grad, _array_node(node))
+            else:
+                wrapped = type(node).make_const(grad)  # a constant Tensor or TensorTuple
+                partials = [None if p is None else p.realize_cached_data()
+                            for p in op.gradient_as_tuple(wrapped, node)]
+            if _MODE.detect_anomaly:
+                for p in partials:
+                    if p is not None:
+                        check_finite(op, p, "backward")
+            for inp, partial in zip(node.inputs, partials):
+                if partial is None or not inp.requires_grad:
+                    continue
+                prev = grads.get(inp)
+                if prev is None:
+                    grads[inp] = partial
+                elif isinstance(prev, tuple):
+                    grads[inp] = tuple(a + b for a, b in zip(prev, partial))
+                else:
+                    grads[inp] = prev + partial
+    finally:
+        _MODE.grad_enabled = saved
+    return leaves
+
+
+def reverse_pass(output, out_grad, create_graph, assign, stop=None):
+    """Reverse pass building Tensors; returns {node: gradient}. `output` and `out_grad` may be
+    sequences (several outputs seeded at once); the walk does not go past nodes in `stop`."""
+    saved = _MODE.grad_enabled
+    _MODE.grad_enabled = create_graph and saved
+    try:
+        if isinstance(output, (list, tuple)):
+            grads = {}
+            for o, g in zip(output, out_grad):
+                grads[o] = g if o not in grads else grads[o] + g
+            roots = list(grads)
+        else:
+            grads = {output: out_grad}
+            roots = [output]
+        for node in reversed(find_topo_sort(roots, only_requiring_grad=True, stop=stop)):
+            grad = grads.get(node) if not assign else grads.pop(node, None)
+            if grad is None:
+                continue
+            if assign:
+                node.grad = grad
+            op = node.op
+            if op is None or (stop is not None and node in stop):
+                continue
+            partials = op.gradient_as_tuple(grad, node)
+            for inp, partial in zip(node.inputs, partials):
+                if partial is None or not inp.requires_grad:
+                    continue
+                prev = grads.get(inp)
+                grads[inp] = partial if prev is None else prev + partial
+        return grads
+    finally:
+        _MODE.grad_enabled = saved
+
+
+def find_topo_sort(node_list: List, only_requiring_grad: bool = False,
+                   stop=None) -> List:
+    """All nodes reachable from `node_list`, inputs before users (post-order DFS, iterative).
+
+    Children are visited left to right, each node once. With `only_requiring_grad`, the walk
+    does not enter nodes that need no gradient; nodes in `stop` are visited but not entered.
+    """
+    visited = set()
+    order = []
+    for root in node_list:
+        if root in visited:
+            continue
+        visited.add(root)
+        stack = [(root, iter(root.inputs if stop is None or root not in stop else ()))]
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if child not in visited and (child.requires_grad or not only_requiring_grad):
+                    visited.add(child)
+                    stack.append((child, iter(
+                        child.inputs if stop is None or child not in stop else ())))
+                    break
+            else:
+                stack.pop()
+                order.append(node)
+    return order
