@@ -2,8 +2,10 @@
 
 (a) conv forward + backward, batch 64, 32 -> 32 channels, 28x28, 3x3, stride 1, padding 1
     (needle: `ops.conv` on NHWC with `backward(create_graph=False)`; torch: conv2d on NCHW);
+    (a') the same with needle's default `backward()` (which builds the gradient graph);
 (b) one training step of the small residual CNN (`needle.models.SmallResNet`, the same layout
-    in torch), batch 64 of 1x28x28 images, SGD with momentum, in samples/s;
+    in torch), batch 64 of 1x28x28 images, SGD with momentum, in samples/s, with needle's
+    `backward(create_graph=False)`; (b') the same with the default `loss.backward()`;
 (c) peak resident memory of 30 steps of (b), each framework alone in a fresh subprocess that
     imports both libraries: VmHWM from /proc/self/status (resource.getrusage's maxrss is used
     where /proc is missing; on Linux it would include the parent's peak, inherited over fork).
@@ -52,7 +54,7 @@ def torch_small_resnet():
                         t.AdaptiveAvgPool2d(1), t.Flatten(), t.Linear(64, 10))
 
 
-def needle_step_fn():
+def needle_step_fn(create_graph=False):
     np.random.seed(0)
     model = SmallResNet()
     opt = ndl.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -63,7 +65,10 @@ def needle_step_fn():
     def step():
         opt.reset_grad()
         loss = loss_fn(model(x), y)
-        loss.backward(create_graph=False)
+        if create_graph:
+            loss.backward()  # the default a course user writes
+        else:
+            loss.backward(create_graph=False)
         opt.step()
     return step
 
@@ -129,18 +134,29 @@ def main():
     def conv_needle():
         ops.conv(nx, nw, stride=1, padding=1).sum().backward(create_graph=False)
 
+    def conv_needle_default():
+        ops.conv(nx, nw, stride=1, padding=1).sum().backward()
+
     def conv_torch():
         torch.nn.functional.conv2d(tx, tw, stride=1, padding=1).sum().backward()
 
     t_conv, t_conv_torch = paired_medians(conv_needle, conv_torch)
+    t_conv_default, t_conv_torch2 = paired_medians(conv_needle_default, conv_torch)
     t_step, t_step_torch = paired_medians(needle_step_fn(), torch_step_fn())
     sps, sps_torch = BATCH / t_step, BATCH / t_step_torch
+    t_step_default, t_step_torch2 = paired_medians(needle_step_fn(create_graph=True),
+                                                   torch_step_fn())
+    sps_default, sps_torch2 = BATCH / t_step_default, BATCH / t_step_torch2
     rss, rss_torch = peak_rss_mb("needle"), peak_rss_mb("torch")
     print_table("bench_conv: needle vs torch", [
         ("(a) conv 64x32x28x28, 3x3 s1, fwd+bwd", t_conv * 1e3, t_conv_torch * 1e3, "ms",
          f"{t_conv / t_conv_torch:.2f}x", "<= 2x"),
+        ("(a') same, default backward()", t_conv_default * 1e3, t_conv_torch2 * 1e3, "ms",
+         f"{t_conv_default / t_conv_torch2:.2f}x", "<= 2x"),
         ("(b) SmallResNet SGD step, batch 64", sps, sps_torch, "samples/s",
          f"{sps / sps_torch:.2f}x", ">= 0.5x"),
+        ("(b') same, default loss.backward()", sps_default, sps_torch2, "samples/s",
+         f"{sps_default / sps_torch2:.2f}x", ">= 0.8x"),
         ("(c) peak RSS, 30 steps of (b)", rss, rss_torch, "MiB", f"{rss / rss_torch:.2f}x",
          "<= 2x"),
     ])

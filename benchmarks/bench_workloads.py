@@ -621,7 +621,7 @@ def bench_workload(wl: Workload, args) -> dict:
                 continue  # dropped after an error in an earlier repeat
             try:
                 rate = timed_run(wl, fw, mode, steps, warmup)
-            except Exception as e:  # noqa: BLE001 (a compiler may be missing: skip, say why)
+            except Exception as e:  # a compiler may be missing or fail: skip it, say why
                 if mode != "compiled":
                     raise
                 print(f"{wl.name}: {key} failed ({type(e).__name__}: {e}); skipped")

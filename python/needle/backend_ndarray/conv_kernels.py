@@ -124,14 +124,13 @@ class ConvKernels:
         padded g with the flipped, transposed kernel; otherwise `g @ w^T` summed back by
         `conv_col2im`."""
         kh, kw, cin, cout = w.shape
-        g2 = g.reshape((-1, cout))
         if stride == 1 and padding < kh and padding < kw:
             cols, (n, h, wd) = self._im2col(g._array, kh, kw, 1, kh - 1 - padding,
                                             kw - 1 - padding)
             wt = self.xp.ascontiguousarray(w._array[::-1, ::-1].transpose(0, 1, 3, 2))
             dx = cols @ wt.reshape(kh * kw * cout, cin)
             return self._wrap(dx.reshape(n, h, wd, cin))
-        dcols = g2 @ w.reshape((kh * kw * cin, cout)).transpose()
+        dcols = g.reshape((-1, cout)) @ w.reshape((kh * kw * cin, cout)).transpose()
         return self.conv_col2im(dcols, shape, kh, kw, stride, padding)
 
     # ---- pooling (NCHW) -----------------------------------------------------------------
@@ -141,7 +140,8 @@ class ConvKernels:
         a = x._array
         xp = self.xp
         nb, c, h, w = a.shape
-        win = self._windows(self._pad_hw(a, padding, padding, 2, value=-float("inf")), k, k, stride, 2)
+        a = self._pad_hw(a, padding, padding, 2, value=-float("inf"))
+        win = self._windows(a, k, k, stride, 2)
         ho, wo = win.shape[2:4]
         flat = win.reshape(nb, c, ho, wo, k * k)
         am = flat.argmax(axis=-1)

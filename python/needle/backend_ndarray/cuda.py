@@ -46,25 +46,15 @@ class _NumpyRuntime:
         return array.__array_interface__["data"][0]
 
     @staticmethod
-    def scatter_add(out, index, values) -> None:
-        np.add.at(out, index, values)
-
-    @staticmethod
     def synchronize() -> None:
         pass
 
 
 class _CupyRuntime:  # pragma: no cover - needs a GPU
-    """The CuPy-only calls: host copies, raw pointers, atomic scatter-add, stream sync."""
+    """The CuPy-only calls: host copies, raw pointers, stream sync."""
 
     def __init__(self, cp):
         self.asnumpy = cp.asnumpy
-        at = getattr(cp.add, "at", None)  # CuPy >= 13; cupyx.scatter_add before
-        if at is None:
-            import cupyx
-
-            at = cupyx.scatter_add
-        self.scatter_add = at
         self._stream = cp.cuda.get_current_stream
 
     @staticmethod
@@ -156,11 +146,6 @@ class CUDADevice(Device):
     def data_ptr(self, array) -> int:
         return self._rt.data_ptr(array)
 
-    def as_strided(self, flat, shape, strides, offset):
-        itemsize = flat.dtype.itemsize
-        return self.xp.lib.stride_tricks.as_strided(
-            flat[offset:], shape=shape, strides=tuple(s * itemsize for s in strides))
-
     def to_numpy(self, array) -> np.ndarray:
         return self._rt.asnumpy(array)
 
@@ -175,16 +160,6 @@ class CUDADevice(Device):
     def synchronize(self) -> None:
         """Wait for the kernels queued so far (for timing); a no-op over NumPy."""
         self._rt.synchronize()
-
-    # ---- kernels beyond the ufuncs ---------------------------------------------------------
-    def scatter_add(self, out, index, values):
-        self._rt.scatter_add(out, index, values)
-
-    def matmul_tiled(self, a, b, out, m, n, p):
-        t = self.__tile_size__
-        at = a.array.reshape(m // t, n // t, t, t)
-        bt = b.array.reshape(n // t, p // t, t, t)
-        out.array[:] = self.xp.einsum("ikab,kjbc->ijac", at, bt).reshape(-1)
 
     # ---- fused kernels: one CuPy kernel each on float32, the composed Device code otherwise --
     def _fused(self, *arrays):

@@ -71,9 +71,8 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
     def as_strided(self, flat, shape, strides, offset):
         """A view of the 1-D buffer `flat` with element strides, starting at `offset`."""
         itemsize = flat.dtype.itemsize
-        return np.lib.stride_tricks.as_strided(
-            flat[offset:], shape=shape, strides=tuple(s * itemsize for s in strides)
-        )
+        return self.xp.lib.stride_tricks.as_strided(
+            flat[offset:], shape=shape, strides=tuple(s * itemsize for s in strides))
 
     def to_numpy(self, array) -> np.ndarray:
         return np.asarray(array)
@@ -117,14 +116,14 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
     # ---- kernels beyond NumPy's ufuncs ---------------------------------------------------
     def scatter_add(self, out, index, values):
         """out[index] += values, accumulating repeated indices."""
-        np.add.at(out, index, values)
+        self.xp.add.at(out, index, values)
 
     def matmul_tiled(self, a, b, out, m, n, p):
         """Multiply compact tiled matrices: a (m/t, n/t, t, t) x b (n/t, p/t, t, t) -> out."""
         t = self.__tile_size__
         at = a.array.reshape(m // t, n // t, t, t)
         bt = b.array.reshape(n // t, p // t, t, t)
-        out.array[:] = np.einsum("ikab,kjbc->ijac", at, bt).reshape(-1)
+        out.array[:] = self.xp.einsum("ikab,kjbc->ijac", at, bt).reshape(-1)
 
     # ---- fused kernels: NDArrays in and out -------------------------------------------------
     # The public methods take and return NDArrays (None stays None); each runs a private

@@ -411,6 +411,10 @@ class NDArray:
     def tanh(self):
         return NDArray._wrap(self._device.xp.tanh(self._array), self._device)
 
+    def sigmoid(self):
+        """1 / (1 + exp(-x)), as (1 + tanh(x / 2)) / 2: never overflows, one transcendental."""
+        return NDArray._wrap(stable_sigmoid(self._device.xp, self._array), self._device)
+
     def sqrt(self):
         return NDArray._wrap(self._device.xp.sqrt(self._array), self._device)
 
@@ -539,6 +543,11 @@ def where(cond: NDArray, a, b) -> NDArray:
     av = a._array if isinstance(a, NDArray) else a
     bv = b._array if isinstance(b, NDArray) else b
     return NDArray._wrap(dev.xp.where(cond._array != 0, av, bv), dev)
+
+
+def stable_sigmoid(xp, a):
+    """The logistic function of a native array `a` (the one formula every kernel uses)."""
+    return 0.5 * (xp.tanh(0.5 * a) + 1.0)
 
 
 def _native_index(index):

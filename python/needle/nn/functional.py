@@ -75,7 +75,7 @@ def batch_norm(x: Tensor, running_mean: Tensor, running_var: Tensor, weight: Ten
     (biased variance, course convention); in eval, uses the running statistics.
     """
     shape = x.shape
-    chan_shape = tuple(1 if i in axes else n for i, n in enumerate(shape))
+    chan_shape = ops.keepdims_shape(shape, tuple(axes))
     if training:
         rm, rv = running_mean, running_var
         if (weight is None) == (bias is None):  # one fused op: statistics computed once

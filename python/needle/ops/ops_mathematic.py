@@ -323,7 +323,7 @@ class Sigmoid(TensorOp):
     array_rule = True
 
     def compute(self, a: NDArray):
-        return ((a * 0.5).tanh() + 1) * 0.5
+        return a.sigmoid()
 
     def gradient(self, out_grad, node):
         return out_grad * node * (1 - node)

@@ -14,7 +14,8 @@ import math
 
 from ..autograd import NDArray, TensorOp
 from .ops_fused import FusedOp
-from .ops_mathematic import broadcast_to, normalize_axes, reshape, summation
+from .ops_shape import broadcast_to, keepdims_shape, normalize_axes, reshape
+from .ops_mathematic import summation
 
 
 def _count(shape, axes):
@@ -100,7 +101,7 @@ class _AffineNorm(FusedOp):
         if w is None:
             return (_standardize_grad(x, out_grad, axes, self.eps),)
         p_axes = self._param_axes(len(x.shape))
-        keep = tuple(1 if i in p_axes else n for i, n in enumerate(x.shape))
+        keep = keepdims_shape(x.shape, p_axes)
         w_b = broadcast_to(reshape(w, keep), x.shape)
         dx = _standardize_grad(x, out_grad * w_b, axes, self.eps)
         xh = standardize(x, axes, self.eps)
