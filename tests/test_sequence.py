@@ -103,35 +103,105 @@ def test_multilayer_matches_torch(kind, layers, with_state, create_graph):
         _close(cell.bias_hh.grad.numpy(), getattr(tmodel, f"bias_hh_l{k}").grad)
 
 
+def _layer_case(kind, rng, T=3, B=2, H=3):
+    """The fused layer op for `kind` and float64 inputs (xw, W_hh, ...)."""
+    g = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
+    xw = rng.standard_normal((T, B, g * H))
+    w = rng.standard_normal((H, g * H)) * 0.5
+    h0 = rng.standard_normal((B, H))
+    if kind == "rnn":
+        return ndl.ops.rnn_layer, [xw, w, h0]
+    if kind == "lstm":
+        return ndl.ops.lstm_layer, [xw, w, h0, rng.standard_normal((B, H))]
+    return ndl.ops.gru_layer, [xw, w, rng.standard_normal(g * H), h0]
+
+
+def _layer_loss(out):
+    """A scalar that uses every output of a layer op (hs, the final state(s))."""
+    loss = (out[0] * out[0]).sum()
+    for k in range(1, len(out)):
+        loss = loss + (out[k] * out[k]).sum() * (0.5 * k)
+    return loss
+
+
 @pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
 def test_recurrent_layer_ops_gradcheck(kind):
-    """The fused layer ops' graph gradients against central differences (float64)."""
-    rng = np.random.default_rng(1)
-    T, B, H = 3, 2, 3
-    g = {"rnn": 1, "lstm": 4, "gru": 3}[kind]
-    xw = ndl.Tensor(rng.standard_normal((T, B, g * H)))
-    w = ndl.Tensor(rng.standard_normal((H, g * H)) * 0.5)
-    h0 = ndl.Tensor(rng.standard_normal((B, H)))
-    if kind == "rnn":
-        f, args = ndl.ops.rnn_layer, (xw, w, h0)
-    elif kind == "lstm":
-        f, args = ndl.ops.lstm_layer, (xw, w, h0, ndl.Tensor(rng.standard_normal((B, H))))
-    else:
-        f, args = ndl.ops.gru_layer, (xw, w, ndl.Tensor(rng.standard_normal(g * H)), h0)
-    out = f(*args)
-    grads_graph = ndl.autograd.gradients((out * out).sum(), list(args))
-    for a, gg in zip(args, grads_graph):
+    """The fused layer ops' gradients (both backward paths) against central differences."""
+    f, arrays = _layer_case(kind, np.random.default_rng(1))
+    args = [ndl.Tensor(a) for a in arrays]
+    grads_graph = ndl.autograd.gradients(_layer_loss(f(*args)), list(args))
+    _layer_loss(f(*args)).backward(create_graph=False)
+    for k, (a, gg) in enumerate(zip(arrays, grads_graph)):
         num = np.zeros(a.shape)
-        flat = a.cached_data.native.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + 1e-6
-            up = float((f(*args).numpy() ** 2).sum())
-            flat[i] = old - 1e-6
-            down = float((f(*args).numpy() ** 2).sum())
-            flat[i] = old
+        for i in range(a.size):
+            vals = [x.copy() for x in arrays]
+            vals[k].reshape(-1)[i] += 1e-6
+            up = _layer_loss(f(*[ndl.Tensor(v) for v in vals])).numpy()
+            vals[k].reshape(-1)[i] -= 2e-6
+            down = _layer_loss(f(*[ndl.Tensor(v) for v in vals])).numpy()
             num.reshape(-1)[i] = (up - down) / 2e-6
         np.testing.assert_allclose(gg.numpy(), num, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(args[k].grad.numpy(), num, rtol=1e-5, atol=1e-6)
+
+
+def _torch_layer(kind, xw, w, *rest):
+    """The same layer in torch (autograd reference for second derivatives)."""
+    h = rest[-1] if kind != "lstm" else rest[0]
+    hid = w.shape[0]
+    outs = []
+    c = rest[1] if kind == "lstm" else None
+    for t in range(xw.shape[0]):
+        if kind == "rnn":
+            h = torch.tanh(xw[t] + h @ w)
+        elif kind == "lstm":
+            a = xw[t] + h @ w
+            i, f, g, o = (a[:, k * hid:(k + 1) * hid] for k in range(4))
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        else:
+            hh = h @ w + rest[0]
+            r = torch.sigmoid(xw[t][:, :hid] + hh[:, :hid])
+            z = torch.sigmoid(xw[t][:, hid:2 * hid] + hh[:, hid:2 * hid])
+            n = torch.tanh(xw[t][:, 2 * hid:] + r * hh[:, 2 * hid:])
+            h = n + z * h - z * n
+        outs.append(h)
+    return [torch.stack(outs, 0), h] + ([c] if kind == "lstm" else [])
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("create_graph", [True, False])
+def test_recurrent_layer_ops_second_order_match_torch(kind, create_graph):
+    """d/d(inputs) of |d loss / d xw|^2 (the gradient graph backpropagated again) vs torch."""
+    f, arrays = _layer_case(kind, np.random.default_rng(2))
+    args = [ndl.Tensor(a) for a in arrays]
+    (gx,) = ndl.autograd.gradients(_layer_loss(f(*args)), args[:1])
+    (gx * gx).sum().backward(create_graph=create_graph)
+    targs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    tout = _torch_layer(kind, *targs)
+    tloss = (tout[0] * tout[0]).sum()
+    for k in range(1, len(tout)):
+        tloss = tloss + (tout[k] * tout[k]).sum() * (0.5 * k)
+    (tgx,) = torch.autograd.grad(tloss, targs[:1], create_graph=True)
+    _close(gx.numpy(), tgx, tol=1e-9)
+    (tgx * tgx).sum().backward()
+    for a, t in zip(args, targs):
+        _close(a.grad.numpy(), t.grad, tol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm", "gru"])
+def test_recurrent_layer_default_backward_is_one_fused_node(kind):
+    """The default (graph) backward of a layer op is one FusedBackward node, not a graph of
+    per-step ops (that is what makes it cost what the fast path costs)."""
+    counts = []
+    for T in (2, 7):
+        f, arrays = _layer_case(kind, np.random.default_rng(3), T=T)
+        args = [ndl.Tensor(a) for a in arrays]
+        (gx,) = ndl.autograd.gradients(_layer_loss(f(*args)), args[:1])
+        kinds = [type(n.op).__name__ for n in ndl.autograd.find_topo_sort([gx])
+                 if n.op is not None]
+        assert kinds.count("FusedBackward") == 1
+        counts.append(len(kinds))
+    assert counts[0] == counts[1]  # no node per time step
 
 
 def test_recurrent_shape_errors_name_the_layer():

@@ -36,21 +36,30 @@ class SequenceKernels:
             h = a
         return self._wrap(hs)
 
-    def rnn_bwd(self, g, hs, w_hh, h0, relu: bool = False):
-        """(dxw, dW_hh, dh0) of `rnn_fwd` for the output gradient g (T, B, H)."""
+    def rnn_bwd(self, g, g_last, hs, w_hh, h0, relu: bool = False):
+        """(dxw, dW_hh, dh0) of `rnn_fwd` for the gradients of the outputs g (T, B, H) and
+        of the last state g_last (B, H) (either may be None: zero)."""
         xp = self.xp
-        gn, h, w = g._array, hs._array, w_hh._array
+        h, w = hs._array, w_hh._array
+        gn = None if g is None else g._array
         # the activation's derivative at every step, from the outputs
         dpre = (h > 0).astype(h.dtype) if relu else 1 - h * h
-        dh = xp.zeros(h.shape[1:], dtype=h.dtype)
+        dh = self._state_grad(g_last, h.shape[1:], h.dtype)
         wt = w.T
         for t in range(h.shape[0] - 1, -1, -1):
-            dh += gn[t]
+            if gn is not None:
+                dh += gn[t]
             d = dpre[t]
             d *= dh
             xp.matmul(d, wt, out=dh)
         return self._wrap(dpre), self._wrap(self._hidden_grad(dpre, h, h0._array)), \
             self._wrap(dh)
+
+    def _state_grad(self, g, shape, dtype):
+        """A writable copy of a state's gradient (zeros for None), to accumulate into."""
+        if g is None:
+            return self.xp.zeros(shape, dtype=dtype)
+        return self.xp.array(g._array, dtype=dtype, copy=True)
 
     def _hidden_grad(self, d, hs, h0):
         """sum_t h_{t-1}^T d_t, the gradient of W_hh, without concatenating h0 and hs."""
@@ -87,9 +96,11 @@ class SequenceKernels:
         cs = xp.empty_like(hs)
         tcs = xp.empty_like(hs)
         tmp = xp.empty((batch, hid), dtype=x.dtype)
+        hw = xp.empty((batch, width), dtype=x.dtype)
         for t in range(steps):
             a = acts[t]
-            a += xp.matmul(h, ws)
+            xp.matmul(h, ws, out=hw)
+            a += hw
             xp.tanh(a, out=a)
             a *= scale
             a += shift
@@ -104,9 +115,10 @@ class SequenceKernels:
             h, c = hs[t], c_t
         return self._wrap(hs), self._wrap(cs), self._wrap(tcs), self._wrap(acts)
 
-    def lstm_bwd(self, g_h, g_c, hs, cs, tcs, acts, w_hh, h0, c0):
+    def lstm_bwd(self, g_h, g_hl, g_cl, hs, cs, tcs, acts, w_hh, h0, c0):
         """(dxw, dW_hh, dh0, dc0) of `lstm_fwd` for the gradients of the hidden states
-        g_h (T, B, H) and of the last cell state g_c (B, H) (either may be None: zero)."""
+        g_h (T, B, H) and of the last hidden and cell states g_hl, g_cl (B, H) (any may be
+        None: zero)."""
         xp = self.xp
         h, c, tc, a, w = hs._array, cs._array, tcs._array, acts._array, w_hh._array
         steps, batch, hid = h.shape
@@ -115,16 +127,17 @@ class SequenceKernels:
         # d(pre-activation) = (dc or dh) * m: m for all steps at once (T, B, 4H)
         m = a * (1 - a)  # sigmoid' on i, f, o
         m[..., :hid] *= gg
-        m[..., hid:2 * hid, ] *= c_prev_of(xp, c, c0._array)
+        m[..., hid:2 * hid] *= _shifted(xp, c, c0._array)
         m[..., 2 * hid:3 * hid] = 1 - gg * gg
         m[..., 2 * hid:3 * hid] *= i
         m[..., 3 * hid:] *= tc
         k = o * (1 - tc * tc)  # d c_t / d h_t through h_t = o tanh(c_t)
         dgates = xp.empty_like(a)
-        d3 = dgates[..., :3 * hid].reshape(steps, batch, 3, hid)
-        m3 = m[..., :3 * hid].reshape(steps, batch, 3, hid)
-        dh = xp.zeros((batch, hid), dtype=h.dtype)
-        dc = xp.zeros_like(dh) if g_c is None else g_c._array.astype(h.dtype, copy=True)
+        # (B, 3, H) views of the i, f, g blocks: one call scales all three by dc
+        d3 = dgates.reshape(steps, batch, 4, hid)[:, :, :3]
+        m3 = m.reshape(steps, batch, 4, hid)[:, :, :3]
+        dh = self._state_grad(g_hl, (batch, hid), h.dtype)
+        dc = self._state_grad(g_cl, (batch, hid), h.dtype)
         gn = None if g_h is None else g_h._array
         tmp = xp.empty_like(dh)
         wt = w.T
@@ -171,24 +184,27 @@ class SequenceKernels:
             h = h_t
         return self._wrap(hs), self._wrap(acts), self._wrap(hhn)
 
-    def gru_bwd(self, g, hs, acts, hhn, w_hh, h0):
-        """(dxw, dW_hh, db_hh, dh0) of `gru_fwd` for the output gradient g (T, B, H)."""
+    def gru_bwd(self, g, g_last, hs, acts, hhn, w_hh, h0):
+        """(dxw, dW_hh, db_hh, dh0) of `gru_fwd` for the gradients of the outputs g
+        (T, B, H) and of the last state g_last (B, H) (either may be None: zero)."""
         xp = self.xp
-        gn, h, a, w = g._array, hs._array, acts._array, w_hh._array
+        h, a, w = hs._array, acts._array, w_hh._array
+        gn = None if g is None else g._array
         steps, batch, hid = h.shape
         r, z, n = a[..., :hid], a[..., hid:2 * hid], a[..., 2 * hid:]
         # per-step multipliers, for all steps at once
         m_n = (1 - z) * (1 - n * n)  # dn = dh * m_n
-        m_z = c_prev_of(xp, h, h0._array) - n
+        m_z = _shifted(xp, h, h0._array) - n
         m_z *= z * (1 - z)  # dz = dh * m_z
         m_r = hhn._array * r * (1 - r)  # dr = dn * m_r
         dx = xp.empty_like(a)
         dhh = xp.empty_like(a)  # the gradient of h W_hh + b_hh
-        dh = xp.zeros((batch, hid), dtype=h.dtype)
+        dh = self._state_grad(g_last, (batch, hid), h.dtype)
         tmp = xp.empty_like(dh)
         wt = w.T
         for t in range(steps - 1, -1, -1):
-            dh += gn[t]
+            if gn is not None:
+                dh += gn[t]
             dn = dx[t, :, 2 * hid:]
             xp.multiply(dh, m_n[t], out=dn)
             xp.multiply(dh, m_z[t], out=dhh[t, :, hid:2 * hid])
@@ -237,7 +253,7 @@ class SequenceKernels:
         probs = []
         for r0, r1 in blocks:
             p = _probs(xp, qn[..., r0:r1, :], kn[..., :r1, :], mn[r0:r1, :r1], scale)
-            xp.matmul(p, vn[..., :r1, :], out=out[..., r0:r1, :])
+            out[..., r0:r1, :] = p @ vn[..., :r1, :]
             probs.append(self._wrap(p))
         return self._wrap(out), probs
 
@@ -260,7 +276,7 @@ class SequenceKernels:
             gb = gn[..., r0:r1, :]
             dv[..., :r1, :] += xp.swapaxes(p, -1, -2) @ gb
             ds = _scores_grad(xp, gb @ xp.swapaxes(vn[..., :r1, :], -1, -2), p, scale)
-            xp.matmul(ds, kn[..., :r1, :], out=dq[..., r0:r1, :])
+            dq[..., r0:r1, :] = ds @ kn[..., :r1, :]
             dk[..., :r1, :] += xp.swapaxes(ds, -1, -2) @ qn[..., r0:r1, :]
         return self._wrap(dq), self._wrap(dk), self._wrap(dv)
 
@@ -284,24 +300,14 @@ class SequenceKernels:
 
     def embedding_scatter(self, g, ids, num: int):
         """The adjoint of `embedding_gather`: (num, D) zeros with the rows of g (ids.shape +
-        (D,)) added at their ids; repeated ids accumulate. Sorted segment sums (one
-        `add.reduceat`), much faster than an unbuffered `add.at` scatter."""
-        xp = self.xp
+        (D,)) added at their ids; repeated ids accumulate (the device's `scatter_add`)."""
         d = g.shape[-1]
-        flat_ids = ids._array.reshape(-1)
-        rows = g._array.reshape(-1, d)
-        out = xp.zeros((num, d), dtype=rows.dtype)
-        if flat_ids.size == 0:
-            return self._wrap(out)
-        order = xp.argsort(flat_ids, kind="stable")
-        sorted_ids = flat_ids[order]
-        starts = xp.flatnonzero(xp.concatenate(
-            [xp.ones(1, dtype=bool), sorted_ids[1:] != sorted_ids[:-1]]))
-        out[sorted_ids[starts]] = xp.add.reduceat(rows[order], starts, axis=0)
+        out = self.xp.zeros((num, d), dtype=g.dtype)
+        self.scatter_add(out, ids._array.reshape(-1), g._array.reshape(-1, d))
         return self._wrap(out)
 
 
-def c_prev_of(xp, states, first):
+def _shifted(xp, states, first):
     """The states shifted by one step: (first, states[0], ..., states[T-2]) (T, B, H)."""
     out = xp.empty_like(states)
     out[0] = first
@@ -324,14 +330,10 @@ def _probs(xp, q, k, mask, scale):
     if mask is not None:
         s += mask
     m = s.max(axis=-1, keepdims=True)
-    if not xp.isfinite(m).all():
-        m = xp.where(xp.isfinite(m), m, 0)
-    s -= m
+    s -= xp.where(xp.isfinite(m), m, 0)  # a fully masked row stays -inf: exp gives 0
     xp.exp(s, out=s)
     total = s.sum(axis=-1, keepdims=True)
-    if not total.all():
-        total[total == 0] = 1
-    s /= total
+    s /= xp.where(total == 0, 1, total)
     return s
 
 

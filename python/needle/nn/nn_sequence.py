@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
-import numpy as np
-
 from .. import init, ops
 from ..autograd import Tensor
+from ..ops.ops_sequence import embedding
 from .nn_basic import Module, Parameter
 
 
@@ -53,13 +52,11 @@ class _RecurrentCell(Module):
         self.bias_hh = _uniform((width,), k, device, dtype) if bias else None
 
     def _project(self, x: Tensor, fold_hh_bias: bool = True) -> Tensor:
-        """x @ W_ih + bias_ih (+ bias_hh) for x (N, in)."""
-        y = ops.matmul(x, self.W_ih)
-        if self.bias_ih is not None:
-            y = y + self.bias_ih
-            if fold_hh_bias:
-                y = y + self.bias_hh
-        return y
+        """x @ W_ih + bias_ih (+ bias_hh) for x (N, in), as one fused linear op."""
+        if self.bias_ih is None:
+            return ops.linear(x, self.W_ih)
+        bias = self.bias_ih + self.bias_hh if fold_hh_bias else self.bias_ih
+        return ops.linear(x, self.W_ih, bias)
 
 
 class RNNCell(_RecurrentCell):
@@ -167,12 +164,13 @@ class RNN(_Recurrent):
 
     def forward(self, X: Tensor, h0: Optional[Tensor] = None):
         _check_input("RNN", X, 3, self.input_size)
-        T, B, _ = X.shape
+        B = X.shape[1]
         states = _layer_states(h0, self.num_layers, B, self.hidden_size, X, "RNN")
         finals = []
         for cell, h in zip(self.rnn_cells, states):
-            X = ops.rnn_layer(self._inputs(X, cell), cell.W_hh, h, self.nonlinearity)
-            finals.append(X[T - 1])
+            out = ops.rnn_layer(self._inputs(X, cell), cell.W_hh, h, self.nonlinearity)
+            X = out[0]  # (T, B, H)
+            finals.append(out[1])
         return X, ops.stack(finals, 0)
 
 
@@ -190,7 +188,7 @@ class LSTM(_Recurrent):
 
     def forward(self, X: Tensor, h: Optional[Tuple[Tensor, Tensor]] = None):
         _check_input("LSTM", X, 3, self.input_size)
-        T, B, _ = X.shape
+        B = X.shape[1]
         H, L = self.hidden_size, self.num_layers
         h0, c0 = (None, None) if h is None else h
         hs = _layer_states(h0, L, B, H, X, "LSTM")
@@ -198,10 +196,9 @@ class LSTM(_Recurrent):
         h_n, c_n = [], []
         for cell, h_init, c_init in zip(self.lstm_cells, hs, cs):
             out = ops.lstm_layer(self._inputs(X, cell), cell.W_hh, h_init, c_init)
-            X = out[:, :, :H]
-            last = out[T - 1]
-            h_n.append(last[:, :H])
-            c_n.append(last[:, H:])
+            X = out[0]  # (T, B, H)
+            h_n.append(out[1])
+            c_n.append(out[2])
         return X, (ops.stack(h_n, 0), ops.stack(c_n, 0))
 
 
@@ -219,7 +216,7 @@ class GRU(_Recurrent):
 
     def forward(self, X: Tensor, h0: Optional[Tensor] = None):
         _check_input("GRU", X, 3, self.input_size)
-        T, B, _ = X.shape
+        B = X.shape[1]
         states = _layer_states(h0, self.num_layers, B, self.hidden_size, X, "GRU")
         finals = []
         for cell, h in zip(self.gru_cells, states):
@@ -228,8 +225,9 @@ class GRU(_Recurrent):
                 data = X.realize_cached_data()
                 b_hh = Tensor.make_const(data.device.zeros((3 * self.hidden_size,),
                                                            dtype=data.dtype))
-            X = ops.gru_layer(self._inputs(X, cell), cell.W_hh, b_hh, h)
-            finals.append(X[T - 1])
+            out = ops.gru_layer(self._inputs(X, cell), cell.W_hh, b_hh, h)
+            X = out[0]  # (T, B, H)
+            finals.append(out[1])
         return X, ops.stack(finals, 0)
 
 
@@ -248,12 +246,4 @@ class Embedding(Module):
                                            dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        ids = x.realize_cached_data() if isinstance(x, Tensor) else x
-        native = ids.native if hasattr(ids, "native") else np.asarray(ids)
-        if native.size:
-            lo, hi = native.min(), native.max()
-            if lo < 0 or hi >= self.num_embeddings:
-                bad = lo if lo < 0 else hi
-                raise IndexError(f"Embedding: id {int(bad)} is out of range for a vocabulary "
-                                 f"of size {self.num_embeddings}")
-        return ops.getitem(self.weight, ids)
+        return embedding(self.weight, x)

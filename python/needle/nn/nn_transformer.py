@@ -10,20 +10,24 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import numpy as np
-
 from .. import init, ops
 from ..autograd import NDArray, Tensor
-from ..ops.ops_attention import _additive_mask
+from ..ops.ops_attention import attention_mask
 from . import functional as F
 from .nn_basic import Dropout, LayerNorm1d, Linear, Module, Parameter
 
 
-def _native(mask):
+def _additive(mask, device, dtype):
+    """A MultiheadAttention mask (Tensor, NDArray or NumPy array; boolean True = may NOT
+    attend, or float) as an additive NDArray, or None."""
     if mask is None:
         return None
-    data = mask.realize_cached_data() if isinstance(mask, Tensor) else mask
-    return data.native if isinstance(data, NDArray) else np.asarray(data)
+    m = mask.realize_cached_data() if isinstance(mask, Tensor) else mask
+    if not isinstance(m, NDArray):
+        m = NDArray(m, device=device)
+    elif m.device != device:
+        m = m.to(device)
+    return device.additive_mask(m, True, dtype) if m.dtype.kind == "b" else m.astype(dtype)
 
 
 class MultiheadAttention(Module):
@@ -66,21 +70,17 @@ class MultiheadAttention(Module):
         return ops.permute(ops.reshape(x, (N, L, self.num_heads, self.head_dim)), (0, 2, 1, 3))
 
     def _mask(self, attn_mask, key_padding_mask, is_causal, N, L, S, data):
-        xp, dtype = data.device.xp, data.dtype
-        out = None
-        m = _native(attn_mask)
-        if m is not None:
-            m = xp.where(m, -np.inf, 0.0).astype(dtype) if m.dtype == np.bool_ else m
-            if m.ndim == 3:  # (N * heads, L, S)
-                m = m.reshape(N, self.num_heads, L, S)
-            out = m
-        kp = _native(key_padding_mask)
+        """The additive mask (an NDArray broadcastable to (N, heads, L, S)) or None."""
+        device, dtype = data.device, data.dtype
+        out = _additive(attn_mask, device, dtype)
+        if out is not None and out.ndim == 3:  # (N * heads, L, S)
+            out = out.reshape((N, self.num_heads, L, S))
+        kp = _additive(key_padding_mask, device, dtype)
         if kp is not None:
-            kp = xp.where(kp, -np.inf, 0.0).astype(dtype) if kp.dtype == np.bool_ else kp
-            kp = kp.reshape(N, 1, 1, S)
+            kp = kp.reshape((N, 1, 1, S))
             out = kp if out is None else out + kp
         if is_causal and attn_mask is None:
-            out = _additive_mask(out, True, L, S, data.device, dtype)
+            out = attention_mask(out, True, L, S, device, dtype)
         return out
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
@@ -106,9 +106,7 @@ class MultiheadAttention(Module):
         if self.training and self.dropout > 0:
             scores = ops.matmul(q, ops.transpose(k)) * (1.0 / math.sqrt(self.head_dim))
             if mask is not None:
-                mask_nd = NDArray._wrap(np.broadcast_to(mask, scores.shape).copy(),
-                                        scores.device)
-                scores = scores + Tensor.make_const(mask_nd)
+                scores = scores + Tensor.make_const(mask.broadcast_to(scores.shape))
             probs = F.dropout(ops.softmax(scores, -1), self.dropout, True)
             out = ops.matmul(probs, v)
         elif is_causal and attn_mask is None and key_padding_mask is None and L == S:
@@ -124,10 +122,10 @@ class MultiheadAttention(Module):
 
     def _weights(self, q, k, mask, average):
         """The attention weights (N, L, S) (or (N, h, L, S)) as a constant Tensor."""
-        op = ops.ScaledDotProductAttention(mask)
-        p = op._probs(q.realize_cached_data(), k.realize_cached_data())
-        p = p.mean(axis=1) if average else p
-        return Tensor.make_const(NDArray._wrap(p, q.device))
+        qd = q.realize_cached_data()
+        p = qd.device.attention_probs(qd, k.realize_cached_data(), mask,
+                                      1.0 / math.sqrt(self.head_dim))
+        return Tensor.make_const(p.mean(1) if average else p)
 
 
 class TransformerEncoderLayer(Module):

@@ -1,78 +1,58 @@
 """Scaled dot-product attention as one fused op (PyTorch's `F.scaled_dot_product_attention`).
 
-softmax(q k^T * scale + mask) v over the last axis, computed stably once. The gradient is
-written by hand: with P the attention weights and dO the output gradient,
-dV = P^T dO, dS = P * (dO V^T - rowsum(dO V^T * P)), dQ = dS K * scale, dK = dS^T Q * scale;
-`gradient` builds it from ops (differentiable again), `gradient_nd` on native arrays.
+softmax(q k^T * scale + mask) v over the last axis, computed stably once
+(`Device.attention_fwd`), keeping the attention weights P. With dO the output gradient,
+dV = P^T dO, dS = P * (dO V^T - rowsum(dO V^T * P)) * scale, dQ = dS K, dK = dS^T Q:
+`backward_arrays` runs that on the saved P (`Device.attention_bwd`), `gradient_composed`
+builds it from ops (differentiable again; see `FusedOp`).
+
+A causal mask over a square (L, L) problem with L >= 64 runs in query blocks: block b attends
+to keys [0, r1) only, so the score matmuls and the softmax skip the key blocks its queries
+all mask out.
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from ..autograd import NDArray, Tensor, TensorOp
+from ..autograd import NDArray, Tensor
+from .ops_fused import FusedOp
 from .ops_logarithmic import softmax
 from .ops_mathematic import broadcast_to, matmul, summation, transpose
 
 
-def _additive_mask(mask, is_causal: bool, L: int, S: int, device, dtype):
-    """The mask as a native additive array (0 or -inf / the float mask), or None."""
-    xp = device.xp
+def attention_mask(mask, is_causal: bool, L: int, S: int, device, dtype):
+    """The additive mask (an NDArray broadcastable to (..., L, S): 0 or -inf, or the float
+    mask itself), or None. A boolean `mask` marks the positions that may be attended (True,
+    PyTorch's SDPA); `mask` may be a Tensor, an NDArray or a NumPy array."""
     out = None
     if mask is not None:
         m = mask.realize_cached_data() if isinstance(mask, Tensor) else mask
-        m = m.native if isinstance(m, NDArray) else xp.asarray(m)
-        if m.dtype == np.bool_:
-            out = xp.where(m, 0.0, -np.inf).astype(dtype)  # True = may attend (PyTorch SDPA)
-        else:
-            out = m.astype(dtype)
+        if not isinstance(m, NDArray):
+            m = NDArray(m, device=device)
+        elif m.device != device:
+            m = m.to(device)
+        out = device.additive_mask(m, False, dtype) if m.dtype.kind == "b" else m.astype(dtype)
     if is_causal:
-        causal = xp.triu(xp.full((L, S), -np.inf, dtype=dtype), k=1)
+        causal = device.causal_mask(L, S, dtype)
         out = causal if out is None else out + causal
     return out
 
 
-def _attention_probs(xp, q, k, mask, scale):
-    """softmax(q k^T * scale + mask) over the last axis, on native arrays, stably; fully
-    masked rows give zeros, not nan."""
-    s = q @ xp.swapaxes(k, -1, -2)
-    s *= scale
-    if mask is not None:
-        s += mask
-    m = s.max(axis=-1, keepdims=True)
-    m = xp.where(xp.isfinite(m), m, 0)
-    s -= m
-    xp.exp(s, out=s)
-    total = s.sum(axis=-1, keepdims=True)
-    s /= xp.where(total == 0, 1, total)
-    return s
-
-
-def _scores_grad_(xp, dp, p):
-    """The softmax backward in place: dP -> dS = P * (dP - rowsum(dP * P))."""
-    dp -= xp.einsum("...ij,...ij->...i", dp, p)[..., None]
-    dp *= p
-    return dp
-
-
-class ScaledDotProductAttention(TensorOp):
+class ScaledDotProductAttention(FusedOp):
     """q (..., L, E), k (..., S, E), v (..., S, Ev) -> (..., L, Ev).
 
-    `mask` is a constant: boolean (True = may attend) or float (added to the scores), of a
-    shape broadcastable to (..., L, S). `is_causal` masks positions j > i.
+    `mask` is a constant additive NDArray (see `attention_mask`) of a shape broadcastable to
+    (..., L, S), or None. `causal_only`: `mask` is exactly the causal mask of a square
+    (L, L) problem (the query-block fast path).
     """
 
-    __slots__ = ("mask", "is_causal", "scale", "probs", "causal_only")
+    __slots__ = ("mask", "scale", "causal_only", "probs")
 
-    def __init__(self, mask=None, is_causal: bool = False, scale=None, causal_only=False):
-        self.mask = mask  # native additive array or None (set by the function below)
-        self.is_causal = is_causal
+    def __init__(self, mask=None, scale=None, causal_only=False):
+        self.mask = mask
         self.scale = scale
-        # `mask` is exactly the causal mask of a square (L, L) problem: the fast paths work in
-        # query blocks and skip the key blocks that every query of the block masks out
         self.causal_only = causal_only
-        self.probs = None  # the forward's attention weights, kept for `gradient_nd`
+        self.probs = None  # the forward's attention weights, kept for backward_arrays
 
     def _check(self, q: NDArray, k: NDArray, v: NDArray):
         if q.ndim < 2 or k.ndim != q.ndim or v.ndim != q.ndim:
@@ -87,90 +67,36 @@ class ScaledDotProductAttention(TensorOp):
     def _scale(self, q_shape) -> float:
         return self.scale if self.scale is not None else 1.0 / math.sqrt(q_shape[-1])
 
-    def _probs(self, q: NDArray, k: NDArray):
-        return _attention_probs(q.device.xp, q.native, k.native, self.mask,
-                                self._scale(q.shape))
-
     def _blocks(self, L: int):
         """Query row blocks (r0, r1) for the causal fast path, or None for one full block.
 
-        Block b attends to keys [0, r1) only; with n blocks the score matmuls and the softmax
-        cover (n + 1) / (2 n) of the full L x L matrix."""
+        With n blocks the score matmuls and the softmax cover (n + 1) / (2 n) of the full
+        L x L matrix."""
         if not self.causal_only or L < 64:
             return None
         size = -(-L // min(8, L // 32))
         return [(r0, min(L, r0 + size)) for r0 in range(0, L, size)]
 
-    def _causal_forward(self, q: NDArray, k: NDArray, v: NDArray, blocks):
-        xp = q.device.xp
-        qn, kn, vn = q.native, k.native, v.native
-        scale = self._scale(q.shape)
-        out = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=qn.dtype)
-        probs = []
-        for r0, r1 in blocks:
-            s = _attention_probs(xp, qn[..., r0:r1, :], kn[..., :r1, :],
-                                 self.mask[r0:r1, :r1], scale)
-            out[..., r0:r1, :] = s @ vn[..., :r1, :]
-            probs.append(s)
-        return out, probs
-
-    def _causal_backward(self, g, q: NDArray, k: NDArray, v: NDArray, blocks, probs):
-        xp = q.device.xp
-        qn, kn, vn = q.native, k.native, v.native
-        scale = self._scale(q.shape)
-        dq = xp.empty_like(qn)
-        dk = xp.zeros_like(kn)
-        dv = xp.zeros_like(vn)
-        for (r0, r1), p in zip(blocks, probs):
-            gb = g[..., r0:r1, :]
-            dv[..., :r1, :] += xp.swapaxes(p, -1, -2) @ gb
-            ds = _scores_grad_(xp, gb @ xp.swapaxes(vn[..., :r1, :], -1, -2), p)
-            ds *= scale
-            dq[..., r0:r1, :] = ds @ kn[..., :r1, :]
-            dk[..., :r1, :] += xp.swapaxes(ds, -1, -2) @ qn[..., r0:r1, :]
-        return dq, dk, dv
-
     def compute(self, q: NDArray, k: NDArray, v: NDArray):
         self._check(q, k, v)
-        blocks = self._blocks(q.shape[-2])
-        if blocks is not None:
-            out, self.probs = self._causal_forward(q, k, v, blocks)
-            return NDArray._wrap(out, q.device)
-        # kept for the backward (B*H*L*S floats); a constant output (no grad) drops the op
-        self.probs = p = self._probs(q, k)
-        return NDArray._wrap(p @ v.native, q.device)
+        # the weights (B*H*L*S floats) are kept for the backward; a constant output drops
+        # the op and them
+        out, self.probs = q.device.attention_fwd(q, k, v, self.mask, self._scale(q.shape),
+                                                 self._blocks(q.shape[-2]))
+        return out
 
-    def gradient_nd(self, g: NDArray, node):
-        q, k, v = (x.cached_data for x in node.inputs)
-        xp = q.device.xp
-        blocks = self._blocks(q.shape[-2])
-        if blocks is not None:
-            probs = self.probs
-            if probs is None:
-                probs = self._causal_forward(q, k, v, blocks)[1]
-            dq, dk, dv = self._causal_backward(g.native, q, k, v, blocks, probs)
-            dev = q.device
-            return NDArray._wrap(dq, dev), NDArray._wrap(dk, dev), NDArray._wrap(dv, dev)
-        p = self.probs if self.probs is not None else self._probs(q, k)
-        gn = g.native
-        dv = xp.swapaxes(p, -1, -2) @ gn
-        ds = _scores_grad_(xp, gn @ xp.swapaxes(v.native, -1, -2), p)
-        scale = self._scale(q.shape)
-        dq = ds @ k.native
-        dq *= scale
-        dk = xp.swapaxes(ds, -1, -2) @ q.native
-        dk *= scale
-        dev = q.device
-        return NDArray._wrap(dq, dev), NDArray._wrap(dk, dev), NDArray._wrap(dv, dev)
+    def backward_arrays(self, g, inputs, needs):
+        q, k, v = inputs
+        if self.probs is None:  # not computed here (e.g. lazy mode): recompute
+            self.compute(q, k, v)
+        return q.device.attention_bwd(g, q, k, v, self.probs, self._scale(q.shape),
+                                      self._blocks(q.shape[-2]))
 
-    def gradient(self, out_grad, node):
-        q, k, v = node.inputs
+    def gradient_composed(self, out_grad, q, k, v):
         scale = self._scale(q.shape)
         s = matmul(q, transpose(k)) * scale
         if self.mask is not None:
-            data = q.realize_cached_data()
-            mask = NDArray._wrap(data.device.xp.broadcast_to(self.mask, s.shape), data.device)
-            s = s + Tensor.make_const(mask)
+            s = s + Tensor.make_const(self.mask.broadcast_to(s.shape))
         p = softmax(s, -1)
         dv = matmul(transpose(p), out_grad)
         dp = matmul(out_grad, transpose(v))
@@ -187,6 +113,6 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, scale=None
     """
     data = q.realize_cached_data()
     L, S = q.shape[-2], k.shape[-2]
-    additive = _additive_mask(mask, is_causal, L, S, data.device, data.dtype)
+    additive = attention_mask(mask, is_causal, L, S, data.device, data.dtype)
     causal_only = is_causal and mask is None and L == S
-    return ScaledDotProductAttention(additive, is_causal, scale, causal_only)(q, k, v)
+    return ScaledDotProductAttention(additive, scale, causal_only)(q, k, v)

@@ -1,20 +1,22 @@
-"""Fused recurrent layers: the whole time loop of one RNN/LSTM/GRU layer as a single op.
+"""Fused recurrent layers (the whole time loop of one RNN/LSTM/GRU layer as a single op) and
+the embedding lookup.
 
 The input projection `X @ W_ih + b` for all time steps is one matmul done by the caller (it is
-the op's input `xw`), so the loop only multiplies by `W_hh`. `compute` runs the loop on native
-arrays and keeps the gates for the backward; `gradient_nd` is backpropagation through time
-written by hand (one matmul per step, one matmul for dW_hh at the end); `gradient` re-runs
-the layer with primitive ops and differentiates that, so the graph gradient is exact to every
-order.
+the op's input `xw`), so the loop only multiplies by `W_hh`. `compute` runs the loop (a Device
+kernel, `Device.lstm_fwd` etc.) and keeps the gates for the backward; `backward_arrays` is
+backpropagation through time on the saved gates (`Device.lstm_bwd`: one matmul per step, one
+for dW_hh at the end); `gradient_composed` re-runs the layer with primitive ops and
+differentiates that, so second and higher derivatives are exact (see `FusedOp`).
 
 Weights use needle's (in, out) layout: `W_hh` is (H, G*H) with gate column blocks in PyTorch's
 order (LSTM i, f, g, o; GRU r, z, n).
 """
 from __future__ import annotations
 
-from ..autograd import NDArray, TensorOp, gradients
+from ..autograd import NDArray, TensorOp, partials
+from .ops_fused import FusedTupleOp
 from .ops_indexing import getitem
-from .ops_mathematic import matmul, relu, reshape, sigmoid, tanh
+from .ops_mathematic import matmul, relu, sigmoid, tanh
 from .ops_tuple import stack
 
 
@@ -22,179 +24,131 @@ def _check(name: str, xw: NDArray, w_hh: NDArray, gates: int, states) -> int:
     if xw.ndim != 3:
         raise ValueError(f"{name}: input projection must be (T, B, {gates}*H), got {xw.shape}")
     hidden = w_hh.shape[0]
-    if w_hh.shape != (hidden, gates * hidden) or xw.shape[2] != gates * hidden:
+    if w_hh.ndim != 2 or w_hh.shape != (hidden, gates * hidden) or \
+            xw.shape[2] != gates * hidden:
         raise ValueError(f"{name}: W_hh {w_hh.shape} and input projection {xw.shape} do not "
                          f"fit hidden size {hidden} with {gates} gate block(s)")
+    if xw.shape[0] == 0:
+        raise ValueError(f"{name}: empty sequence (input projection {xw.shape})")
     for s in states:
         if s.shape != (xw.shape[1], hidden):
             raise ValueError(f"{name}: initial state of shape {s.shape}, expected "
                              f"({xw.shape[1]}, {hidden}) (batch, hidden)")
+    for a in (w_hh,) + tuple(states):
+        if a.dtype != xw.dtype:
+            raise TypeError(f"{name}: dtypes differ: input projection {xw.dtype}, "
+                            f"got {a.dtype}")
     return hidden
 
 
-def _sigmoid(xp, a):
-    return 0.5 * (xp.tanh(0.5 * a) + 1.0)  # stable for large |a|, one transcendental
+def _cols(a, k: int, hid: int):
+    """Gate block k of a (B, G*H) tensor."""
+    return getitem(a, (slice(None), slice(k * hid, (k + 1) * hid)))
 
 
-def _reference_gradient(fn, out_grad, node):
-    """Gradient of `fn(*inputs)` (the layer written with primitive ops) against out_grad."""
-    out = fn(*node.inputs)
-    return tuple(gradients(out, list(node.inputs), out_grad))
+def _composed(reference, out_grads, inputs):
+    """The partials of `reference(*inputs)` (a list of outputs) contracted with `out_grads`,
+    built from ops (differentiable again); None where an output's gradient is None."""
+    outs = reference(*inputs)
+    pairs = [(o, g) for o, g in zip(outs, out_grads) if g is not None]
+    return partials([o for o, _ in pairs], [g for _, g in pairs], list(inputs))
 
 
 # ---- Elman RNN -------------------------------------------------------------------------------
-class RNNLayer(TensorOp):
-    """h_t = act(xw_t + h_{t-1} W_hh); inputs xw (T, B, H), W_hh (H, H), h0 (B, H) -> (T, B, H)."""
+class RNNLayer(FusedTupleOp):
+    """h_t = act(xw_t + h_{t-1} W_hh); inputs xw (T, B, H), W_hh (H, H), h0 (B, H) ->
+    (hs (T, B, H), h_T (B, H)): every step's state and the last one."""
 
-    __slots__ = ("nonlinearity",)
+    __slots__ = ("nonlinearity", "saved")
 
     def __init__(self, nonlinearity: str = "tanh"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
+        self.saved = None  # the outputs (all the backward needs), kept by compute
 
     def compute(self, xw: NDArray, w_hh: NDArray, h0: NDArray):
         _check("RNN", xw, w_hh, 1, (h0,))
-        xp = xw.device.xp
-        x, w, h = xw.native, w_hh.native, h0.native
-        out = xp.empty(x.shape, dtype=x.dtype)
-        for t in range(x.shape[0]):
-            a = x[t] + h @ w
-            h = xp.tanh(a, out=out[t]) if self.nonlinearity == "tanh" else \
-                xp.maximum(a, 0, out=out[t])
-        return NDArray._wrap(out, xw.device)
+        self.saved = xw.device.rnn_fwd(xw, w_hh, h0, self.nonlinearity == "relu")
+        return self.saved, self.saved.select(-1)
 
-    def gradient_nd(self, g: NDArray, node):
-        xw, w_hh, h0 = (x.cached_data for x in node.inputs)
-        xp = xw.device.xp
-        hs, w, gn = node.cached_data.native, w_hh.native, g.native
-        dpre = xp.empty(hs.shape, dtype=hs.dtype)
-        dh = xp.zeros(hs.shape[1:], dtype=hs.dtype)
-        for t in range(hs.shape[0] - 1, -1, -1):
-            dh = dh + gn[t]
-            if self.nonlinearity == "tanh":
-                dpre[t] = dh * (1 - hs[t] * hs[t])
-            else:
-                dpre[t] = dh * (hs[t] > 0)
-            dh = dpre[t] @ w.T
-        hprev = xp.concatenate([h0.native[None], hs[:-1]], axis=0).reshape(-1, hs.shape[2])
-        dw = hprev.T @ dpre.reshape(-1, hs.shape[2])
-        dev = xw.device
-        return NDArray._wrap(dpre, dev), NDArray._wrap(dw, dev), NDArray._wrap(dh, dev)
+    def backward_arrays(self, g, inputs, needs):
+        xw, w_hh, h0 = inputs
+        if self.saved is None:  # not computed here (e.g. lazy mode): recompute
+            self.compute(xw, w_hh, h0)
+        return xw.device.rnn_bwd(g[0], g[1], self.saved, w_hh, h0,
+                                 self.nonlinearity == "relu")
 
-    def gradient(self, out_grad, node):
-        return _reference_gradient(self.reference, out_grad, node)
+    def gradient_composed(self, out_grad, xw, w_hh, h0):
+        return _composed(self.reference, [out_grad[0], out_grad[1]], (xw, w_hh, h0))
 
     def reference(self, xw, w_hh, h0):
+        """The layer written with primitive ops (what second derivatives differentiate)."""
         act = tanh if self.nonlinearity == "tanh" else relu
         h, outs = h0, []
         for t in range(xw.shape[0]):
             h = act(getitem(xw, t) + matmul(h, w_hh))
             outs.append(h)
-        return stack(outs, 0)
+        return [stack(outs, 0), h]
 
 
 def rnn_layer(xw, w_hh, h0, nonlinearity="tanh"):
+    """One Elman RNN layer over time: xw (T, B, H) = x W_ih + b, W_hh (H, H), h0 (B, H) ->
+    a TensorTuple (hs (T, B, H), h_T (B, H))."""
     return RNNLayer(nonlinearity)(xw, w_hh, h0)
 
 
 # ---- LSTM --------------------------------------------------------------------------------------
-class LSTMLayer(TensorOp):
-    """One LSTM layer over time; inputs xw (T, B, 4H), W_hh (H, 4H), h0, c0 (B, H).
+class LSTMLayer(FusedTupleOp):
+    """One LSTM layer over time; inputs xw (T, B, 4H) = x W_ih + b, W_hh (H, 4H), h0, c0 (B, H)
+    -> (hs (T, B, H), h_T, c_T (B, H)): every step's hidden state, the last hidden and cell
+    states."""
 
-    Output (T, B, 2H): `[..., :H]` is h_t and `[..., H:]` is c_t for every step.
-    """
-
-    __slots__ = ("acts",)
+    __slots__ = ("saved",)
 
     def __init__(self):
-        self.acts = None  # the forward's activated gates, kept for `gradient_nd`
-
-    def _forward(self, xw: NDArray, w_hh: NDArray, h0: NDArray, c0: NDArray):
-        hidden = _check("LSTM", xw, w_hh, 4, (h0, c0))
-        xp = xw.device.xp
-        x, w, h, c = xw.native, w_hh.native, h0.native, c0.native
-        steps = x.shape[0]
-        out = xp.empty(x.shape[:2] + (2 * hidden,), dtype=x.dtype)
-        acts = xp.empty(x.shape, dtype=x.dtype)  # activated gates i, f, g, o
-        for t in range(steps):
-            a = acts[t]
-            xp.add(x[t], h @ w, out=a)
-            a[:, :2 * hidden] = _sigmoid(xp, a[:, :2 * hidden])
-            a[:, 3 * hidden:] = _sigmoid(xp, a[:, 3 * hidden:])
-            xp.tanh(a[:, 2 * hidden:3 * hidden], out=a[:, 2 * hidden:3 * hidden])
-            c = a[:, hidden:2 * hidden] * c + a[:, :hidden] * a[:, 2 * hidden:3 * hidden]
-            out[t, :, hidden:] = c
-            h = out[t, :, :hidden]
-            xp.multiply(a[:, 3 * hidden:], xp.tanh(c), out=h)
-        return out, acts
+        self.saved = None  # (hs, cs, tanh(cs), gates), kept by compute for backward_arrays
 
     def compute(self, xw, w_hh, h0, c0):
-        # the gates (T*B*4H floats) are kept for the backward; a constant output drops the op
-        out, self.acts = self._forward(xw, w_hh, h0, c0)
-        return NDArray._wrap(out, xw.device)
+        _check("LSTM", xw, w_hh, 4, (h0, c0))
+        self.saved = xw.device.lstm_fwd(xw, w_hh, h0, c0)
+        hs, cs = self.saved[0], self.saved[1]
+        return hs, hs.select(-1), cs.select(-1)
 
-    def gradient_nd(self, g: NDArray, node):
-        xw, w_hh, h0, c0 = (x.cached_data for x in node.inputs)
-        xp = xw.device.xp
-        if self.acts is None:  # not computed here (e.g. lazy mode): recompute, pure compute
-            self.acts = self._forward(xw, w_hh, h0, c0)[1]
-        out, acts = node.cached_data.native, self.acts
-        hid = w_hh.shape[0]
-        w, gn = w_hh.native, g.native
-        steps = out.shape[0]
-        dgates = xp.empty(acts.shape, dtype=acts.dtype)
-        dh = xp.zeros(out.shape[1:2] + (hid,), dtype=out.dtype)
-        dc = xp.zeros_like(dh)
-        for t in range(steps - 1, -1, -1):
-            a = acts[t]
-            i, f, gg, o = a[:, :hid], a[:, hid:2 * hid], a[:, 2 * hid:3 * hid], a[:, 3 * hid:]
-            c = out[t, :, hid:]
-            c_prev = out[t - 1, :, hid:] if t > 0 else c0.native
-            tc = xp.tanh(c)
-            dh = dh + gn[t, :, :hid]
-            dc = dc + gn[t, :, hid:] + dh * o * (1 - tc * tc)
-            d = dgates[t]
-            d[:, :hid] = dc * gg * i * (1 - i)
-            d[:, hid:2 * hid] = dc * c_prev * f * (1 - f)
-            d[:, 2 * hid:3 * hid] = dc * i * (1 - gg * gg)
-            d[:, 3 * hid:] = dh * tc * o * (1 - o)
-            dc = dc * f
-            dh = d @ w.T
-        hprev = xp.concatenate([h0.native[None], out[:-1, :, :hid]], axis=0).reshape(-1, hid)
-        dw = hprev.T @ dgates.reshape(-1, 4 * hid)
-        dev = xw.device
-        return (NDArray._wrap(dgates, dev), NDArray._wrap(dw, dev), NDArray._wrap(dh, dev),
-                NDArray._wrap(dc, dev))
+    def backward_arrays(self, g, inputs, needs):
+        xw, w_hh, h0, c0 = inputs
+        if self.saved is None:  # not computed here (e.g. lazy mode): recompute, pure compute
+            self.compute(xw, w_hh, h0, c0)
+        return xw.device.lstm_bwd(g[0], g[1], g[2], *self.saved, w_hh, h0, c0)
 
-    def gradient(self, out_grad, node):
-        return _reference_gradient(self.reference, out_grad, node)
+    def gradient_composed(self, out_grad, xw, w_hh, h0, c0):
+        return _composed(self.reference, [out_grad[i] for i in range(3)], (xw, w_hh, h0, c0))
 
     @staticmethod
     def reference(xw, w_hh, h0, c0):
+        """The layer written with primitive ops: [hs, h_T, c_T]."""
         hid = w_hh.shape[0]
         h, c, outs = h0, c0, []
         for t in range(xw.shape[0]):
             a = getitem(xw, t) + matmul(h, w_hh)
-            i = sigmoid(getitem(a, (slice(None), slice(0, hid))))
-            f = sigmoid(getitem(a, (slice(None), slice(hid, 2 * hid))))
-            gg = tanh(getitem(a, (slice(None), slice(2 * hid, 3 * hid))))
-            o = sigmoid(getitem(a, (slice(None), slice(3 * hid, 4 * hid))))
+            i, f = sigmoid(_cols(a, 0, hid)), sigmoid(_cols(a, 1, hid))
+            gg, o = tanh(_cols(a, 2, hid)), sigmoid(_cols(a, 3, hid))
             c = f * c + i * gg
             h = o * tanh(c)
-            outs.append(stack([h, c], 1))  # (B, 2, H)
-        out = stack(outs, 0)
-        return reshape(out, (xw.shape[0], xw.shape[1], 2 * hid))
+            outs.append(h)
+        return [stack(outs, 0), h, c]
 
 
 def lstm_layer(xw, w_hh, h0, c0):
+    """One LSTM layer over time (see `LSTMLayer`): a TensorTuple (hs (T, B, H), h_T, c_T
+    (B, H))."""
     return LSTMLayer()(xw, w_hh, h0, c0)
 
 
 # ---- GRU ---------------------------------------------------------------------------------------
-class GRULayer(TensorOp):
+class GRULayer(FusedTupleOp):
     """One GRU layer (PyTorch's equations); xw (T, B, 3H) = x W_ih + b_ih, W_hh (H, 3H),
-    b_hh (3H,), h0 (B, H) -> (T, B, H).
+    b_hh (3H,), h0 (B, H) -> (hs (T, B, H), h_T (B, H)).
 
     r = s(x_r + h W_hr + b_hr), z = s(x_z + h W_hz + b_hz), n = tanh(x_n + r (h W_hn + b_hn)),
     h' = (1 - z) n + z h.
@@ -203,82 +157,92 @@ class GRULayer(TensorOp):
     __slots__ = ("saved",)
 
     def __init__(self):
-        self.saved = None  # the forward's gates and h W_hn + b_hn, kept for `gradient_nd`
+        self.saved = None  # (hs, gates, h W_hn + b_hn), kept by compute for backward_arrays
 
-    def _forward(self, xw, w_hh, b_hh, h0):
+    def compute(self, xw, w_hh, b_hh, h0):
         hid = _check("GRU", xw, w_hh, 3, (h0,))
         if b_hh.shape != (3 * hid,):
             raise ValueError(f"GRU: bias_hh of shape {b_hh.shape}, expected ({3 * hid},)")
-        xp = xw.device.xp
-        x, w, b, h = xw.native, w_hh.native, b_hh.native, h0.native
-        out = xp.empty(x.shape[:2] + (hid,), dtype=x.dtype)
-        acts = xp.empty(x.shape, dtype=x.dtype)  # r, z, n
-        hhn = xp.empty(out.shape, dtype=x.dtype)  # h W_hn + b_hn
-        for t in range(x.shape[0]):
-            hh = h @ w + b
-            a = acts[t]
-            a[:, :2 * hid] = _sigmoid(xp, x[t, :, :2 * hid] + hh[:, :2 * hid])
-            hhn[t] = hh[:, 2 * hid:]
-            xp.tanh(x[t, :, 2 * hid:] + a[:, :hid] * hhn[t], out=a[:, 2 * hid:])
-            z, n = a[:, hid:2 * hid], a[:, 2 * hid:]
-            h = out[t]
-            xp.add(n, z * (h0.native if t == 0 else out[t - 1]) - z * n, out=h)
-        return out, acts, hhn
+        self.saved = xw.device.gru_fwd(xw, w_hh, b_hh, h0)
+        return self.saved[0], self.saved[0].select(-1)
 
-    def compute(self, xw, w_hh, b_hh, h0):
-        out, *self.saved = self._forward(xw, w_hh, b_hh, h0)
-        return NDArray._wrap(out, xw.device)
-
-    def gradient_nd(self, g: NDArray, node):
-        xw, w_hh, b_hh, h0 = (x.cached_data for x in node.inputs)
-        xp = xw.device.xp
+    def backward_arrays(self, g, inputs, needs):
+        xw, w_hh, b_hh, h0 = inputs
         if self.saved is None:  # not computed here (e.g. lazy mode): recompute
-            self.saved = self._forward(xw, w_hh, b_hh, h0)[1:]
-        out, (acts, hhn) = node.cached_data.native, self.saved
-        hid = w_hh.shape[0]
-        w, gn = w_hh.native, g.native
-        dx = xp.empty(acts.shape, dtype=acts.dtype)
-        dhh = xp.empty(acts.shape, dtype=acts.dtype)
-        dh = xp.zeros(out.shape[1:], dtype=out.dtype)
-        for t in range(out.shape[0] - 1, -1, -1):
-            r, z, n = acts[t, :, :hid], acts[t, :, hid:2 * hid], acts[t, :, 2 * hid:]
-            h_prev = out[t - 1] if t > 0 else h0.native
-            dh = dh + gn[t]
-            dn = dh * (1 - z) * (1 - n * n)
-            dz = dh * (h_prev - n) * z * (1 - z)
-            dr = dn * hhn[t] * r * (1 - r)
-            dx[t, :, :hid], dx[t, :, hid:2 * hid], dx[t, :, 2 * hid:] = dr, dz, dn
-            dhh[t, :, :2 * hid] = dx[t, :, :2 * hid]
-            dhh[t, :, 2 * hid:] = dn * r
-            dh = dh * z + dhh[t] @ w.T
-        hprev = xp.concatenate([h0.native[None], out[:-1]], axis=0).reshape(-1, hid)
-        flat = dhh.reshape(-1, 3 * hid)
-        dev = xw.device
-        return (NDArray._wrap(dx, dev), NDArray._wrap(hprev.T @ flat, dev),
-                NDArray._wrap(flat.sum(axis=0), dev), NDArray._wrap(dh, dev))
+            self.compute(xw, w_hh, b_hh, h0)
+        hs, acts, hhn = self.saved
+        return xw.device.gru_bwd(g[0], g[1], hs, acts, hhn, w_hh, h0)
 
-    def gradient(self, out_grad, node):
-        return _reference_gradient(self.reference, out_grad, node)
+    def gradient_composed(self, out_grad, xw, w_hh, b_hh, h0):
+        return _composed(self.reference, [out_grad[0], out_grad[1]], (xw, w_hh, b_hh, h0))
 
     @staticmethod
     def reference(xw, w_hh, b_hh, h0):
+        """The layer written with primitive ops: [hs, h_T]."""
         hid = w_hh.shape[0]
         h, outs = h0, []
-
-        def cols(a, k):
-            return getitem(a, (slice(None), slice(k * hid, (k + 1) * hid)))
-
         for t in range(xw.shape[0]):
             x = getitem(xw, t)
             hh = matmul(h, w_hh) + b_hh
-            r = sigmoid(cols(x, 0) + cols(hh, 0))
-            z = sigmoid(cols(x, 1) + cols(hh, 1))
-            n = tanh(cols(x, 2) + r * cols(hh, 2))
+            r = sigmoid(_cols(x, 0, hid) + _cols(hh, 0, hid))
+            z = sigmoid(_cols(x, 1, hid) + _cols(hh, 1, hid))
+            n = tanh(_cols(x, 2, hid) + r * _cols(hh, 2, hid))
             h = n + z * h - z * n
             outs.append(h)
-        return stack(outs, 0)
+        return [stack(outs, 0), h]
 
 
 def gru_layer(xw, w_hh, b_hh, h0):
+    """One GRU layer over time (see `GRULayer`): a TensorTuple (hs (T, B, H), h_T (B, H))."""
     return GRULayer()(xw, w_hh, b_hh, h0)
 
+
+# ---- embedding ---------------------------------------------------------------------------------
+class EmbeddingLookup(TensorOp):
+    """weight[ids]: rows of weight (V, D) for int64 ids (an NDArray of any shape, checked by
+    `embedding`) -> ids.shape + (D,). The adjoint scatters rows back (`EmbeddingScatter`)."""
+
+    __slots__ = ("ids",)
+    array_rule = True
+
+    def __init__(self, ids: NDArray):
+        self.ids = ids
+
+    def compute(self, weight: NDArray):
+        if weight.ndim != 2:
+            raise ValueError(f"embedding: weight must be (num_embeddings, dim), got "
+                             f"{weight.shape}")
+        return weight.device.embedding_gather(weight, self.ids)
+
+    def gradient(self, out_grad, node):
+        return EmbeddingScatter(self.ids, node.inputs[0].shape[0])(out_grad)
+
+
+class EmbeddingScatter(TensorOp):
+    """(num, D) zeros with the rows of g (ids.shape + (D,)) added at their ids (repeated ids
+    accumulate): the adjoint of `EmbeddingLookup`, whose adjoint it is in turn."""
+
+    __slots__ = ("ids", "num")
+    array_rule = True
+
+    def __init__(self, ids: NDArray, num: int):
+        self.ids = ids
+        self.num = num
+
+    def compute(self, g: NDArray):
+        return g.device.embedding_scatter(g, self.ids, self.num)
+
+    def gradient(self, out_grad, node):
+        return EmbeddingLookup(self.ids)(out_grad)
+
+
+def embedding(weight, ids):
+    """weight[ids] for a weight (V, D) and ids (any shape; float or int values, an NDArray or
+    a constant Tensor) -> ids.shape + (D,); an id outside [0, V) raises IndexError."""
+    data = weight.realize_cached_data() if hasattr(weight, "realize_cached_data") else weight
+    ids = ids.realize_cached_data() if hasattr(ids, "realize_cached_data") else ids
+    if not isinstance(ids, NDArray):
+        ids = NDArray(ids, device=data.device)
+    elif ids.device != data.device:
+        ids = ids.to(data.device)
+    return EmbeddingLookup(data.device.embedding_ids(ids, data.shape[0]))(weight)
