@@ -84,9 +84,11 @@ def _imports(rel, src):
                 target = node.module or ""
             if not target.startswith("needle"):
                 continue
-            out.add(target)
-            for a in node.names:  # `from . import ops` imports the module needle.ops
-                out.add(f"{target}.{a.name}")
+            # `from . import ops` imports the module needle.ops (its package is already being
+            # imported); `from .x import name` imports needle.x
+            out |= {f"{target}.{a.name}" for a in node.names}
+            if node.module:
+                out.add(target)
     return out
 
 

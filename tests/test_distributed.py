@@ -130,14 +130,20 @@ _FAKE_XP = types.SimpleNamespace(
     zeros=lambda n, dtype: _as_device(np.zeros(n, dtype)),
     ravel=lambda a: _as_device(np.ravel(a)),
     concatenate=lambda parts: _as_device(np.concatenate([np.asarray(p) for p in parts])),
-    asarray=_as_device, array=lambda a: _as_device(np.array(a)))
+    asarray=_as_device, array=lambda a, order="C": _as_device(np.array(a, order=order)))
 
 
-class _FakeGPU:
+class _FakeGPU(ndl.Device):
+    """A device whose arrays are not NumPy's: everything MPI sends goes through the host."""
+
+    name = "fakegpu"
     xp = _FAKE_XP
 
-    def __str__(self):
-        return "fakegpu()"
+    def to_numpy(self, array):
+        return np.array(array)
+
+    def from_numpy(self, array):
+        return _as_device(np.array(array, copy=True))
 
 
 def test_gradients_on_a_device_are_staged_through_the_host(fake_world):

@@ -36,7 +36,6 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from .autograd import Tensor
-from .backend_ndarray import NDArray
 
 __all__ = [
     "init", "is_initialized", "is_distributed", "rank", "world_size", "is_main_process",
@@ -237,38 +236,6 @@ def allgather_object(obj: Any) -> List[Any]:
     return _state["comm"].allgather(obj)
 
 
-def _to_host(native) -> np.ndarray:
-    return native.get() if hasattr(native, "get") else np.asarray(native)
-
-
-def _pack(natives: Sequence, sizes: Sequence[int], dtype, xp,
-          extra: Optional[np.ndarray] = None) -> np.ndarray:
-    """One contiguous host buffer: every array of `natives` (None = zeros), then `extra`."""
-    total = int(sum(sizes))
-    n_extra = 0 if extra is None else extra.size
-    if xp is np:
-        buf = np.empty(total + n_extra, dtype=dtype)
-        off = 0
-        for a, n in zip(natives, sizes):
-            if a is None:
-                buf[off:off + n] = 0
-            else:
-                np.copyto(buf[off:off + n], np.ravel(a), casting="same_kind")
-            off += n
-    else:
-        # device arrays: pack on the device, then one transfer to the host
-        parts = [xp.zeros(n, dtype=dtype) if a is None
-                 else xp.ravel(a).astype(dtype, copy=False) for a, n in zip(natives, sizes)]
-        host = _to_host(xp.concatenate(parts))
-        if not n_extra:
-            return host
-        buf = np.empty(total + n_extra, dtype=dtype)
-        buf[:total] = host
-    if n_extra:
-        buf[total:] = extra
-    return buf
-
-
 def _buckets(tensors: Sequence[Tensor], bucket_bytes: int) -> List[List[int]]:
     """Indices of `tensors` grouped by device and dtype, each group cut at `bucket_bytes`."""
     groups: Dict[tuple, List[int]] = {}
@@ -279,7 +246,7 @@ def _buckets(tensors: Sequence[Tensor], bucket_bytes: int) -> List[List[int]]:
     for idx in groups.values():
         bucket, size = [], 0
         for i in idx:
-            nbytes = tensors[i].realize_cached_data().native.nbytes
+            nbytes = tensors[i].realize_cached_data().nbytes
             if bucket and size + nbytes > bucket_bytes:
                 out.append(bucket)
                 bucket, size = [], 0
@@ -304,19 +271,15 @@ def broadcast_parameters(model, root: int = 0) -> None:
         tensors = list(model)
     for bucket in _buckets(tensors, 2 ** 62):
         datas = [tensors[i].realize_cached_data() for i in bucket]
-        xp = datas[0].device.xp
         sizes = [d.size for d in datas]
-        buf = _pack([d.native for d in datas], sizes, datas[0].dtype, xp)
+        buf = datas[0].device.pack_host(datas, sizes, datas[0].dtype)
         _timed(lambda: _state["comm"].Bcast(buf, root=root), buf.nbytes)
         off = 0
         for i, d, n in zip(bucket, datas, sizes):
-            value = buf[off:off + n].reshape(d.shape)
+            owned = d.as_owned()  # written in place (a view must not write through)
+            owned.assign(buf[off:off + n].reshape(d.shape))
+            tensors[i].cached_data = owned
             off += n
-            native = d.native
-            if xp is np and native.flags.writeable:
-                native[...] = value
-            else:
-                tensors[i].cached_data = NDArray._wrap(xp.array(value), d.device)
 
 
 def allreduce_gradients(model, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
@@ -340,23 +303,22 @@ def allreduce_gradients(model, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     for bucket in buckets:
         datas = [params[i].realize_cached_data() for i in bucket]
         device = datas[0].device
-        xp = device.xp
-        grads = [None if params[i].grad is None else params[i].grad.realize_cached_data().native
+        grads = [None if params[i].grad is None else params[i].grad.realize_cached_data()
                  for i in bucket]
         sizes = [d.size for d in datas]
         flags = [0.0 if g is None else 1.0 for g in grads]
         # the "has a gradient" flags travel in the same call, after the values
-        buf = _pack(grads, sizes, datas[0].dtype, xp, extra=np.asarray(flags))
+        buf = device.pack_host(grads, sizes, datas[0].dtype, extra=np.asarray(flags))
         _timed(lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), buf.nbytes)
         n_values = int(sum(sizes))
         if average:
             buf[:n_values] *= buf.dtype.type(1.0 / size)
-        values = buf[:n_values] if xp is np else xp.asarray(buf[:n_values])
+        values = device.from_host(buf[:n_values])  # views of it become the gradients
         off = 0
         for i, d, n, flag in zip(bucket, datas, sizes, buf[n_values:]):
             if flag > 0:
-                g = values[off:off + n].reshape(d.shape)
-                params[i].grad = Tensor.make_const(NDArray._wrap(g, device))
+                g = values.select(slice(off, off + n)).reshape(d.shape)
+                params[i].grad = Tensor.make_const(g)
             off += n
 
 
@@ -401,7 +363,7 @@ def distributed_sampler(dataset, shuffle: bool = True, seed: int = 0, drop_last:
 
 def gradient_bytes(params: Iterable[Tensor]) -> int:
     """Bytes one `allreduce_gradients` call sends into the reduction (values only)."""
-    return int(sum(p.realize_cached_data().native.nbytes for p in params))
+    return int(sum(p.realize_cached_data().nbytes for p in params))
 
 
 # ---- the trainer ------------------------------------------------------------------------------

@@ -105,8 +105,8 @@ class ClassificationTask(Task):
         X, y = batch[0], batch[1]
         logits = model(X)
         loss = self.loss_fn(logits, y)
-        pred = logits.realize_cached_data().native.argmax(axis=1)
-        correct = int((pred == y.realize_cached_data().native).sum())
+        pred = logits.realize_cached_data().argmax(axis=1)
+        correct = int((pred == y.realize_cached_data().astype(pred.dtype)).sum().item())
         return loss, y.shape[0], correct
 
 
@@ -149,7 +149,7 @@ class Trainer:
                 hook(self)
             opt.step()
             self.global_step += 1
-            value = float(loss.realize_cached_data().native)
+            value = float(loss.realize_cached_data().item())
             loss_sum += value * n
             correct_sum += correct
             n_sum += n
@@ -168,7 +168,7 @@ class Trainer:
         with no_grad():
             for batch in (self.eval_data if data is None else data):
                 loss, n, correct = task.batch(model, batch)
-                loss_sum += float(loss.realize_cached_data().native) * n
+                loss_sum += float(loss.realize_cached_data().item()) * n
                 correct_sum += correct
                 n_sum += n
         return task.metrics(loss_sum, correct_sum, n_sum)

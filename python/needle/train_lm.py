@@ -181,8 +181,8 @@ class LanguageModelTask(Task):
         logits, h = model(X, self.h)
         self.h = detach_state(h)
         loss = self.loss_fn(logits, y)
-        pred = logits.realize_cached_data().native.argmax(axis=1)
-        correct = int((pred == y.realize_cached_data().native).sum())
+        pred = logits.realize_cached_data().argmax(axis=1)
+        correct = int((pred == y.realize_cached_data().astype(pred.dtype)).sum().item())
         return loss, y.shape[0], correct
 
     def metrics(self, loss_sum, correct, n):

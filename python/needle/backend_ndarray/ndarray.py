@@ -87,7 +87,7 @@ class NDArray:
         out._root = root
         return out
 
-    def _view(self, array) -> "NDArray":
+    def _view(self, array) -> "NDArray":  # a view of this array's buffer
         return NDArray._wrap(array, self._device, self._root)
 
     @staticmethod
@@ -369,28 +369,22 @@ class NDArray:
         return NDArray._wrap(result.astype(self._array.dtype), self._device)
 
     def __eq__(self, other):
-        return self._compare(self._array == (other._array if isinstance(other, NDArray)
-                                             else other))
+        return self._compare(self._array == _native(other))
 
     def __ne__(self, other):
-        return self._compare(self._array != (other._array if isinstance(other, NDArray)
-                                             else other))
+        return self._compare(self._array != _native(other))
 
     def __ge__(self, other):
-        return self._compare(self._array >= (other._array if isinstance(other, NDArray)
-                                             else other))
+        return self._compare(self._array >= _native(other))
 
     def __gt__(self, other):
-        return self._compare(self._array > (other._array if isinstance(other, NDArray)
-                                            else other))
+        return self._compare(self._array > _native(other))
 
     def __le__(self, other):
-        return self._compare(self._array <= (other._array if isinstance(other, NDArray)
-                                             else other))
+        return self._compare(self._array <= _native(other))
 
     def __lt__(self, other):
-        return self._compare(self._array < (other._array if isinstance(other, NDArray)
-                                            else other))
+        return self._compare(self._array < _native(other))
 
     __hash__ = None
 
@@ -548,6 +542,11 @@ def where(cond: NDArray, a, b) -> NDArray:
 def stable_sigmoid(xp, a):
     """The logistic function of a native array `a` (the one formula every kernel uses)."""
     return 0.5 * (xp.tanh(0.5 * a) + 1.0)
+
+
+def _native(x):
+    """The native array of an NDArray; a number as it is."""
+    return x._array if isinstance(x, NDArray) else x
 
 
 def _native_index(index):

@@ -8,6 +8,7 @@ exactly `BatchNorm1d`.
 """
 from __future__ import annotations
 
+import math
 from typing import Tuple
 
 import numpy as np
@@ -15,94 +16,87 @@ import numpy as np
 from .. import distributed as dist
 from .. import ops
 from ..autograd import NDArray, Tensor, TensorOp
+from ..ops.ops_fused import FusedOp
+from . import functional as F
 from .nn_basic import BatchNorm1d, Module
 
 __all__ = ["AllReduceSum", "SyncStandardize", "SyncBatchNorm", "convert_sync_batchnorm"]
-
-
-def _allreduce_host(values: np.ndarray) -> np.ndarray:
-    """Sum a small host array across ranks (float64 for exact-enough statistics)."""
-    buf = np.ascontiguousarray(values, dtype=np.float64)
-    return dist.allreduce_array(buf)
 
 
 class AllReduceSum(TensorOp):
     """y = sum over ranks of x (same shape on every rank); its gradient is AllReduceSum too.
 
     Rank r's x feeds every rank's y, so dL/dx_r = sum over ranks of dL/dy. Used by the
-    graph-building gradient of `SyncStandardize` (second derivatives across ranks).
+    composed gradient of `SyncStandardize` (second derivatives across ranks).
     """
 
+    __slots__ = ()
+    array_rule = True
+
     def compute(self, x: NDArray) -> NDArray:
-        host = np.array(x.numpy(), dtype=x.dtype, order="C")
+        host = np.array(x.numpy(), dtype=x.dtype, order="C")  # MPI sends host memory
         dist.allreduce_array(host)
         return NDArray(host, device=x.device)
 
     def gradient(self, out_grad, node):
         return AllReduceSum()(out_grad)
 
-    def gradient_nd(self, g: NDArray, node):
-        return (self.compute(g),)
-
 
 def allreduce_sum(x: Tensor) -> Tensor:
     return AllReduceSum()(x)
 
 
-class SyncStandardize(TensorOp):
+class SyncStandardize(FusedOp):
     """(x - mean) / sqrt(var + eps) with mean and biased variance over `axes` of every rank.
 
     The statistics of the last forward are kept on the op (`mean`, `var` as float64 NumPy,
-    `count` the global number of samples per channel) for the running-statistics update.
+    `count` the global number of samples per channel) for the running-statistics update; the
+    output and 1/std are kept for the backward, which reduces sum(g) and sum(g * y) across
+    ranks in one more call.
     """
+
+    __slots__ = ("axes", "eps", "mean", "var", "inv", "count", "out")
 
     def __init__(self, axes: Tuple[int, ...] = (0,), eps: float = 1e-5):
         self.axes = tuple(axes)
         self.eps = float(eps)
-        self.mean = self.var = self.inv = None
+        self.mean = self.var = self.inv = self.out = None
         self.count = 0
 
     def _keep(self, shape):
-        return tuple(1 if i in self.axes else n for i, n in enumerate(shape))
+        return ops.keepdims_shape(shape, self.axes)
+
+    def _channel(self, host, shape, dtype, device):
+        """A host per-channel float64 array as an NDArray broadcast to `shape`."""
+        keep = self._keep(shape)
+        return NDArray(host.reshape(keep).astype(dtype), device=device).broadcast_to(shape)
 
     def compute(self, x: NDArray) -> NDArray:
-        xn = x.native
-        xp = x.device.xp
         if x.size == 0:
             raise ValueError(f"SyncBatchNorm: empty input of shape {x.shape}")
-        local = xp.concatenate([xn.sum(axis=self.axes, dtype=np.float64).ravel(),
-                                (xn.astype(np.float64) ** 2).sum(axis=self.axes).ravel()])
-        n_local = int(np.prod([x.shape[i] for i in self.axes]))
+        local = x.device.sums_host(x, self.axes)
         stats = np.empty(local.size + 1, dtype=np.float64)
-        stats[:-1] = local.get() if hasattr(local, "get") else local
-        stats[-1] = n_local
+        stats[:-1] = local
+        stats[-1] = math.prod(x.shape[i] for i in self.axes)
         dist.allreduce_array(stats)
         c = (stats.size - 1) // 2
         count = stats[-1]
         mean = stats[:c] / count
         var = np.maximum(stats[c:2 * c] / count - mean * mean, 0.0)
         self.mean, self.var, self.count = mean, var, int(count)
-        keep = self._keep(x.shape)
-        inv = (1.0 / np.sqrt(var + self.eps)).reshape(keep)
-        self.inv = xp.asarray(inv.astype(xn.dtype))
-        m = xp.asarray(mean.reshape(keep).astype(xn.dtype))
-        return NDArray._wrap((xn - m) * self.inv, x.device)
+        self.inv = self._channel(1.0 / np.sqrt(var + self.eps), x.shape, x.dtype, x.device)
+        self.out = (x - self._channel(mean, x.shape, x.dtype, x.device)) * self.inv
+        return self.out
 
-    def gradient_nd(self, g: NDArray, node):
-        y = node.cached_data.native
-        gn = g.native
-        xp = g.device.xp
-        local = xp.concatenate([gn.sum(axis=self.axes, dtype=np.float64).ravel(),
-                                (gn * y).sum(axis=self.axes, dtype=np.float64).ravel()])
-        sums = _allreduce_host(local.get() if hasattr(local, "get") else local)
+    def backward_arrays(self, g, inputs, needs):
+        y = self.out
+        sums = dist.allreduce_array(g.device.sums_host(g, self.axes, y))
         c = sums.size // 2
-        keep = self._keep(gn.shape)
-        mean_g = xp.asarray((sums[:c] / self.count).reshape(keep).astype(gn.dtype))
-        mean_gy = xp.asarray((sums[c:] / self.count).reshape(keep).astype(gn.dtype))
-        return (NDArray._wrap(self.inv * (gn - mean_g - y * mean_gy), g.device),)
+        mean_g = self._channel(sums[:c] / self.count, g.shape, g.dtype, g.device)
+        mean_gy = self._channel(sums[c:] / self.count, g.shape, g.dtype, g.device)
+        return (self.inv * (g - mean_g - y * mean_gy),)
 
-    def gradient(self, out_grad, node):
-        x = node.inputs[0]
+    def gradient_composed(self, out_grad, x):
         shape = x.shape
         keep = self._keep(shape)
         n = float(self.count)
@@ -114,7 +108,7 @@ class SyncStandardize(TensorOp):
         xc = x - mean_b(x)
         inv = (mean_b(xc * xc) + self.eps) ** -0.5
         y = xc * inv
-        return inv * (out_grad - mean_b(out_grad) - y * mean_b(out_grad * y))
+        return (inv * (out_grad - mean_b(out_grad) - y * mean_b(out_grad * y)),)
 
 
 class SyncBatchNorm(BatchNorm1d):
@@ -133,19 +127,16 @@ class SyncBatchNorm(BatchNorm1d):
             return super().forward(x)
         axes = tuple(i for i in range(x.ndim) if i != 1)
         keep = tuple(n if i == 1 else 1 for i, n in enumerate(x.shape))
-        if self.training:
-            op = SyncStandardize(axes, self.eps)
-            y = op(x)
-            m = self.momentum
-            rm = self.running_mean.realize_cached_data()
-            rv = self.running_var.realize_cached_data()
-            xp = rm.device.xp
-            rm.native[...] = (1 - m) * rm.native + m * xp.asarray(op.mean.astype(rm.dtype))
-            rv.native[...] = (1 - m) * rv.native + m * xp.asarray(op.var.astype(rv.dtype))
-        else:
-            mean = ops.reshape(self.running_mean.detach(), keep)
-            inv = ops.reshape((self.running_var.detach() + self.eps) ** -0.5, keep)
-            y = (x - ops.broadcast_to(mean, x.shape)) * ops.broadcast_to(inv, x.shape)
+        if not self.training:  # the running statistics, as BatchNorm's eval mode
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                self.bias, False, self.momentum, self.eps, axes)
+        op = SyncStandardize(axes, self.eps)
+        y = op(x)
+        m = self.momentum
+        for running, stat in ((self.running_mean, op.mean), (self.running_var, op.var)):
+            r = running.realize_cached_data()
+            r *= 1 - m
+            r += NDArray(stat.astype(r.dtype), device=r.device) * m
         w = ops.broadcast_to(ops.reshape(self.weight, keep), x.shape)
         b = ops.broadcast_to(ops.reshape(self.bias, keep), x.shape)
         return y * w + b
