@@ -50,7 +50,7 @@ def loss_err(h, y):
 
 # ---- hw4: CIFAR-10 (epoch_general_cifar10, train_cifar10, evaluate_cifar10) -------------------
 # The conv engineer adds these here and their names to __all__.
-from needle.train_conv import (  # noqa: E402,F401
+from needle.train.conv import (  # noqa: E402,F401
     epoch_general_cifar10, evaluate_cifar10, train_cifar10,
 )
 
@@ -59,6 +59,6 @@ __all__ += ["epoch_general_cifar10", "train_cifar10", "evaluate_cifar10"]
 
 # ---- hw4: PTB language models (epoch_general_ptb, train_ptb, evaluate_ptb) --------------------
 # The sequence engineer adds these here and their names to __all__.
-from needle.train_lm import epoch_general_ptb, evaluate_ptb, train_ptb  # noqa: E402,F401
+from needle.train.lm import epoch_general_ptb, evaluate_ptb, train_ptb  # noqa: E402,F401
 
 __all__ += ["epoch_general_ptb", "train_ptb", "evaluate_ptb"]

@@ -31,10 +31,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import _common  # noqa: E402,F401  (puts ./python on sys.path)
-import needle.cli  # noqa: E402,F401  (registers the language-model datasets and models)
+import needle.train.cli  # noqa: E402,F401  (registers the language-model datasets and models)
 from needle import init, train  # noqa: E402
 from needle.serialization import load_checkpoint  # noqa: E402
-from needle.train_lm import LM_DEFAULTS  # noqa: E402
+from needle.train.lm import LM_DEFAULTS  # noqa: E402
 
 torch.set_num_threads(THREADS)
 RNN_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
@@ -106,9 +106,9 @@ def unigram_baseline(train_ids, valid_ids, vocab_size):
 def main():
     ckpt = load_checkpoint(os.path.join(RUN, "last.safetensors"))
     config = ckpt.meta["config"]
-    args = train._Namespace(**config)
+    args = train.engine._Namespace(**config)
     init.manual_seed(args.seed)  # exactly as train.run_training builds its model
-    info, model, _, task, train_data, eval_data = train._build(args)
+    info, model, _, task, train_data, eval_data = train.engine._build(args)
     ours = [json.loads(x) for x in open(os.path.join(RUN, "metrics.jsonl"))]
     base = unigram_baseline(info.train, info.eval, info.num_classes)
     print(f"unigram baseline (validation cross-entropy under training frequencies): "

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from needle import cli, train
+from needle import train
+from needle.train import cli
 from needle.data import MNISTDataset, NDArrayDataset, shipped_mnist_test
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -104,10 +105,10 @@ def test_corrupt_checkpoint(tmp_path):
 def test_augment_choices():
     from needle.data.data_transforms import RandomCrop, RandomFlipHorizontal
 
-    assert train._augmentation("none") is None
-    assert [type(t) for t in train._augmentation("flip")] == [RandomFlipHorizontal]
-    kinds = [type(t) for t in train._augmentation("flip-shift")]
+    assert train.engine._augmentation("none") is None
+    assert [type(t) for t in train.engine._augmentation("flip")] == [RandomFlipHorizontal]
+    kinds = [type(t) for t in train.engine._augmentation("flip-shift")]
     assert kinds == [RandomFlipHorizontal, RandomCrop]
     with pytest.raises(ValueError, match="bogus"):
-        train._augmentation("bogus")
+        train.engine._augmentation("bogus")
     _one_line_error(_needle("train", "--augment", "rotate"), "--augment", "invalid choice")

@@ -137,7 +137,7 @@ def test_hw4_cifar10_loops_on_tiny_files(tmp_path):
 
 
 def test_cli_trains_resnet9_on_cifar10_folder(tmp_path, capsys):
-    from needle import cli
+    from needle.train import cli
 
     data = tmp_path / "cifar"
     data.mkdir()

@@ -39,7 +39,7 @@ def test_plain_process_is_world_of_one():
 def test_import_does_not_load_mpi4py():
     code = ("import sys; sys.path.insert(0, 'python'); import needle, needle.distributed as d;"
             "d.init(); assert 'mpi4py' not in sys.modules, 'mpi4py imported'; print(d.rank())")
-    env = {k: v for k, v in os.environ.items() if k not in dist._LAUNCHER_VARS}
+    env = {k: v for k, v in os.environ.items() if k not in dist.comm._LAUNCHER_VARS}
     env.pop("NEEDLE_DISTRIBUTED", None)
     out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(HERE), env=env,
                          capture_output=True, text=True, timeout=TIMEOUT)
@@ -54,11 +54,11 @@ def test_import_does_not_load_mpi4py():
     ({"PMI_RANK": "0", "NEEDLE_DISTRIBUTED": "0"}, False), ({"NEEDLE_DISTRIBUTED": "1"}, True),
 ])
 def test_launcher_detection(monkeypatch, env, expected):
-    for k in dist._LAUNCHER_VARS + ("SLURM_PROCID", "SLURM_NTASKS", "NEEDLE_DISTRIBUTED"):
+    for k in dist.comm._LAUNCHER_VARS + ("SLURM_PROCID", "SLURM_NTASKS", "NEEDLE_DISTRIBUTED"):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    assert dist._launched_by_mpi() is expected
+    assert dist.comm._launched_by_mpi() is expected
 
 
 class _FakeComm:
@@ -82,7 +82,7 @@ class _FakeComm:
 def fake_world(monkeypatch):
     comm = _FakeComm(4)
     fake_mpi = types.SimpleNamespace(IN_PLACE="IN_PLACE", SUM="SUM", MAX="MAX", MIN="MIN")
-    monkeypatch.setattr(dist, "_state", {"initialized": True, "comm": comm, "MPI": fake_mpi,
+    monkeypatch.setattr(dist.comm, "_state", {"initialized": True, "comm": comm, "MPI": fake_mpi,
                                          "rank": 0, "size": 4})
     dist.reset_comm_stats()
     return comm

@@ -8,7 +8,7 @@ import torch
 import needle as ndl
 from needle.data import Corpus, batchify
 from needle.models.language import LanguageModel, generate
-from needle.train_lm import epoch_general_ptb, evaluate_ptb, perplexity, train_ptb
+from needle.train.lm import epoch_general_ptb, evaluate_ptb, perplexity, train_ptb
 
 
 @pytest.mark.parametrize("seq_model", ["rnn", "lstm", "gru", "transformer"])
@@ -115,7 +115,7 @@ def test_unknown_seq_model_is_an_error():
 
 def test_needle_train_and_generate_on_a_text_folder(tmp_path, capsys):
     """`needle train --model lstm-lm --dataset text --data-dir DIR`, then `needle generate`."""
-    from needle import cli
+    from needle.train import cli
 
     words = "the cat sat on the mat and the dog ate the cat food".split()
     rng = np.random.default_rng(0)

@@ -1,6 +1,6 @@
 """`python -m needle` runs the `needle` command."""
 import sys
 
-from .cli import main
+from .train.cli import main
 
 sys.exit(main())

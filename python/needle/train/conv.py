@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import nn, optim
-from .autograd import no_grad
-from .data import CIFAR10Dataset
-from .data.data_transforms import Normalize, RandomCrop, RandomFlipHorizontal
-from .train import DatasetInfo, register_dataset, register_model
+from .. import nn, optim
+from ..autograd import no_grad
+from ..data import CIFAR10Dataset
+from ..data.data_transforms import Normalize, RandomCrop, RandomFlipHorizontal
+from .engine import DatasetInfo, register_dataset, register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -44,14 +44,14 @@ def _channels(info: DatasetInfo, model: str) -> int:
 
 @register_model("cnn")
 def cnn(info: DatasetInfo, args) -> nn.Module:
-    from .models import SmallResNet
+    from ..models import SmallResNet
 
     return SmallResNet(in_channels=_channels(info, "cnn"), num_classes=info.num_classes)
 
 
 @register_model("resnet9")
 def resnet9(info: DatasetInfo, args) -> nn.Module:
-    from .models import ResNet9
+    from ..models import ResNet9
 
     if tuple(info.input_shape) != (3, 32, 32) or info.num_classes != 10:
         raise ValueError(f"--model resnet9: needs (3, 32, 32) images and 10 classes, dataset "

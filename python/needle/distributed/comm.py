@@ -1,4 +1,6 @@
-"""Data-parallel training over MPI (through mpi4py): the same model on N processes.
+"""MPI primitives for data-parallel training (through mpi4py): the bottom of needle.distributed.
+
+The package's overview: data-parallel training over MPI, the same model on N processes.
 
 Every process holds a full copy of the model and reads its own shard of the data; after each
 backward pass, `allreduce_gradients` averages the gradients across processes with a few large
@@ -31,18 +33,16 @@ import shutil
 import sys
 import time
 import traceback
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .autograd import Tensor
 
 __all__ = [
     "init", "is_initialized", "is_distributed", "rank", "world_size", "is_main_process",
     "barrier", "get_comm", "allreduce_array", "broadcast_object", "allgather_object",
-    "broadcast_parameters", "allreduce_gradients", "DistributedDataParallel",
-    "distributed_sampler", "install_excepthook", "abort", "mpiexec_command", "comm_stats",
-    "reset_comm_stats", "DEFAULT_BUCKET_BYTES", "abort_on_error", "trainer_plugin",
+    "install_excepthook", "abort", "abort_on_error", "mpiexec_command", "comm_stats",
+    "reset_comm_stats", "DEFAULT_BUCKET_BYTES",
 ]
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # as PyTorch DDP: few calls, overlap-friendly sizes
@@ -236,137 +236,7 @@ def allgather_object(obj: Any) -> List[Any]:
     return _state["comm"].allgather(obj)
 
 
-def _buckets(tensors: Sequence[Tensor], bucket_bytes: int) -> List[List[int]]:
-    """Indices of `tensors` grouped by device and dtype, each group cut at `bucket_bytes`."""
-    groups: Dict[tuple, List[int]] = {}
-    for i, t in enumerate(tensors):
-        data = t.realize_cached_data()
-        groups.setdefault((str(data.device), np.dtype(data.dtype).str), []).append(i)
-    out = []
-    for idx in groups.values():
-        bucket, size = [], 0
-        for i in idx:
-            nbytes = tensors[i].realize_cached_data().nbytes
-            if bucket and size + nbytes > bucket_bytes:
-                out.append(bucket)
-                bucket, size = [], 0
-            bucket.append(i)
-            size += nbytes
-        out.append(bucket)
-    return out
-
-
-def broadcast_parameters(model, root: int = 0) -> None:
-    """Overwrite every parameter and buffer of `model` with rank `root`'s values, in place.
-
-    One `Bcast` per device/dtype group (all tensors packed into one buffer). `model` is a
-    Module or a list of Tensors. No-op with one process.
-    """
-    if not is_distributed():
-        return
-    if hasattr(model, "named_parameters"):
-        tensors = [p for _, p in model.named_parameters()]
-        tensors += [b for _, b in model.named_buffers()]
-    else:
-        tensors = list(model)
-    for bucket in _buckets(tensors, 2 ** 62):
-        datas = [tensors[i].realize_cached_data() for i in bucket]
-        sizes = [d.size for d in datas]
-        buf = datas[0].device.pack_host(datas, sizes, datas[0].dtype)
-        _timed(lambda: _state["comm"].Bcast(buf, root=root), buf.nbytes)
-        off = 0
-        for i, d, n in zip(bucket, datas, sizes):
-            owned = d.as_owned()  # written in place (a view must not write through)
-            owned.assign(buf[off:off + n].reshape(d.shape))
-            tensors[i].cached_data = owned
-            off += n
-
-
-def allreduce_gradients(model, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-                        average: bool = True) -> None:
-    """Average (or sum) `.grad` of every parameter across ranks with one Allreduce per bucket.
-
-    Gradients are packed into contiguous host buffers of about `bucket_bytes` (one per
-    device/dtype group and size cut), reduced in place through the buffer protocol, scaled
-    by 1/world_size and handed back as views of the reduced buffer (new constant Tensors).
-    A parameter without a gradient on some rank counts as zero there; it keeps `grad=None`
-    only when no rank has a gradient for it (every rank calls this in the same order, so the
-    buffers line up). `model` is a Module or a list of parameters. No-op with one process.
-    """
-    if not is_distributed():
-        return
-    params = model.parameters() if hasattr(model, "parameters") else list(model)
-    if not params:
-        return
-    MPI, comm, size = _state["MPI"], _state["comm"], _state["size"]
-    buckets = _buckets(params, bucket_bytes)
-    for bucket in buckets:
-        datas = [params[i].realize_cached_data() for i in bucket]
-        device = datas[0].device
-        grads = [None if params[i].grad is None else params[i].grad.realize_cached_data()
-                 for i in bucket]
-        sizes = [d.size for d in datas]
-        flags = [0.0 if g is None else 1.0 for g in grads]
-        # the "has a gradient" flags travel in the same call, after the values
-        buf = device.pack_host(grads, sizes, datas[0].dtype, extra=np.asarray(flags))
-        _timed(lambda: comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM), buf.nbytes)
-        n_values = int(sum(sizes))
-        if average:
-            buf[:n_values] *= buf.dtype.type(1.0 / size)
-        values = device.from_host(buf[:n_values])  # views of it become the gradients
-        off = 0
-        for i, d, n, flag in zip(bucket, datas, sizes, buf[n_values:]):
-            if flag > 0:
-                g = values.select(slice(off, off + n)).reshape(d.shape)
-                params[i].grad = Tensor.make_const(g)
-            off += n
-
-
-class DistributedDataParallel:
-    """Wrap a Module for data-parallel training: same calls, gradients averaged on demand.
-
-    On construction, rank 0's parameters and buffers are broadcast to every rank. Calling the
-    wrapper runs the module; after `loss.backward()`, call `allreduce_gradients()` (the
-    trainer's after-backward hook does) before the optimizer step. Attributes not found on the
-    wrapper (parameters(), train(), state_dict(), ...) come from the wrapped `module`, so
-    checkpoints have the same keys as the plain model's.
-    """
-
-    def __init__(self, module, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-                 broadcast: bool = True):
-        init()
-        self.module = module
-        self.bucket_bytes = int(bucket_bytes)
-        if broadcast:
-            broadcast_parameters(module)
-
-    def __call__(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-    forward = __call__
-
-    def allreduce_gradients(self) -> None:
-        allreduce_gradients(self.module, self.bucket_bytes)
-
-    def __getattr__(self, name):
-        if name == "module":  # not yet set: avoid recursion during unpickling
-            raise AttributeError(name)
-        return getattr(self.module, name)
-
-
-def distributed_sampler(dataset, shuffle: bool = True, seed: int = 0, drop_last: bool = False):
-    """A `needle.data.DistributedSampler` for this process's rank and the job's world size."""
-    from .data import DistributedSampler  # noqa: PLC0415 (data imports are heavier)
-    return DistributedSampler(dataset, num_replicas=world_size(), rank=rank(),
-                              shuffle=shuffle, seed=seed, drop_last=drop_last)
-
-
-def gradient_bytes(params: Iterable[Tensor]) -> int:
-    """Bytes one `allreduce_gradients` call sends into the reduction (values only)."""
-    return int(sum(p.realize_cached_data().nbytes for p in params))
-
-
-# ---- the trainer ------------------------------------------------------------------------------
+# ---- errors ------------------------------------------------------------------------------
 
 def abort_on_error(message: str, code: int = 2) -> None:
     """In a job of several processes, report `rank R failed: message` and end every rank.
@@ -381,36 +251,3 @@ def abort_on_error(message: str, code: int = 2) -> None:
     abort(code)
 
 
-def trainer_plugin(trainer, args) -> None:
-    """Make a `needle.train.Trainer` data-parallel when the process runs under an MPI launcher.
-
-    With one process this changes nothing. With N: a failing rank aborts the job; only rank 0
-    is `is_main` (progress bar, metrics, plots, checkpoints); BatchNorm1d/2d layers become
-    SyncBatchNorm and rank 0's weights are broadcast, so N processes train the model one
-    process would; `--batch-size` stays the global batch (each rank loads batch/N samples of
-    its `DistributedSampler` shard, reshuffled per epoch from `--seed`); gradients are averaged
-    after every backward. Checkpoints hold the plain model, so `--resume` works with any N.
-    """
-    n = init()
-    if n == 1:
-        return
-    install_excepthook()
-    trainer.is_main = is_main_process()
-    from .nn import convert_sync_batchnorm  # noqa: PLC0415 (nn imports this module)
-    model = convert_sync_batchnorm(trainer.model)
-    if model is not trainer.model:
-        raise TypeError("needle.distributed.trainer_plugin: the root model is a BatchNorm1d")
-    broadcast_parameters(model)
-    data = trainer.train_data
-    if getattr(data, "sampler", "absent") is None and hasattr(data, "dataset"):
-        if data.batch_size % n:
-            raise ValueError(f"--batch-size {data.batch_size} is the global batch and must be "
-                             f"a multiple of the {n} processes")
-        loader_cls = type(data)
-        trainer.train_data = loader_cls(
-            data.dataset, batch_size=data.batch_size // n, drop_last=data.drop_last,
-            sampler=distributed_sampler(data.dataset, shuffle=data.shuffle,
-                                        seed=int(getattr(args, "seed", 0) or 0)),
-            device=data.device, dtype=data.dtype)
-    bucket_bytes = int(getattr(args, "bucket_bytes", None) or DEFAULT_BUCKET_BYTES)
-    trainer.after_backward.append(lambda t: allreduce_gradients(t.model, bucket_bytes))

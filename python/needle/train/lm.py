@@ -11,10 +11,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import nn, optim
-from .autograd import no_grad
-from .data.text import get_batch
-from .models.language import detach_state
+from .. import nn, optim
+from ..autograd import no_grad
+from ..data.text import get_batch
+from ..models.language import detach_state
 
 __all__ = ["epoch_general_ptb", "train_ptb", "evaluate_ptb", "perplexity"]
 
@@ -87,9 +87,9 @@ def evaluate_ptb(model, data, seq_len=40, loss_fn=nn.SoftmaxLoss, device=None,
 
 # ---- `needle train` plugin: datasets, models and the language-model task -------------------------
 # Imported once from cli.py's plugin section; registers names in needle.train.
-from .data.text import Corpus, batchify  # noqa: E402
-from .models.language import LanguageModel, generate  # noqa: E402
-from .train import (  # noqa: E402
+from ..data.text import Corpus, batchify  # noqa: E402
+from ..models.language import LanguageModel, generate  # noqa: E402
+from .engine import (  # noqa: E402
     TASKS, DatasetInfo, Task, register_dataset, register_model,
 )
 
@@ -205,8 +205,8 @@ def clip_plugin(trainer, args) -> None:
 def generate_text(checkpoint: str, prompt: str, tokens: int, temperature: float = 1.0,
                   seed: int = 0) -> str:
     """Text sampled from a `needle train` language-model checkpoint after `prompt`."""
-    from .serialization import load_checkpoint
-    from .train import DATASETS, MODELS, _Namespace
+    from ..serialization import load_checkpoint
+    from .engine import DATASETS, MODELS, _Namespace
 
     ckpt = load_checkpoint(checkpoint)
     config = _Namespace(**ckpt.meta.get("config", {}))

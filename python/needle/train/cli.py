@@ -11,15 +11,16 @@ import os
 import sys
 from typing import List, Optional
 
-from . import optim, train
-from .serialization import CheckpointError
+from .. import optim
+from . import engine as train
+from ..serialization import CheckpointError
 
 # ---- plugins: each line imports a module that registers datasets/models/tasks in needle.train --
-# (conv, sequence and distributed engineers add one line each here)
-from . import distributed as _distributed  # noqa: E402
-train.TRAINER_PLUGINS.append(_distributed.trainer_plugin)  # data parallel under mpiexec
-from . import train_conv as _train_conv  # noqa: E402,F401  (--model cnn/resnet9, cifar10)
-from . import train_lm as _train_lm  # noqa: E402  (--model lstm-lm/..., shakespeare, text)
+from ..distributed import abort_on_error as _abort_on_error  # noqa: E402
+from ..distributed.plugin import trainer_plugin as _trainer_plugin  # noqa: E402
+train.TRAINER_PLUGINS.append(_trainer_plugin)  # data parallel under mpiexec
+from . import conv as _train_conv  # noqa: E402,F401  (--model cnn/resnet9, cifar10)
+from . import lm as _train_lm  # noqa: E402  (--model lstm-lm/..., shakespeare, text)
 train.TRAINER_PLUGINS.append(_train_lm.clip_plugin)  # gradient clipping for language models
 
 
@@ -155,7 +156,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, CheckpointError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"needle: error: {msg}", file=sys.stderr)
-        _distributed.abort_on_error(str(msg), 2)  # other ranks would wait forever
+        _abort_on_error(str(msg), 2)  # other ranks would wait forever
         return 2
     except KeyboardInterrupt:
         print("needle: interrupted", file=sys.stderr)

@@ -22,12 +22,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
-from . import init, nn, optim
-from .autograd import no_grad
-from .data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
-from .data.data_basic import NDArrayDataset
-from .data.data_transforms import RandomCrop, RandomFlipHorizontal
-from .serialization import load_checkpoint, save_checkpoint
+from .. import init, nn, optim
+from ..autograd import no_grad
+from ..data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
+from ..data.data_basic import NDArrayDataset
+from ..data.data_transforms import RandomCrop, RandomFlipHorizontal
+from ..serialization import load_checkpoint, save_checkpoint
 
 __all__ = [
     "DatasetInfo", "Task", "ClassificationTask", "Trainer", "DATASETS", "MODELS", "TASKS",
@@ -213,7 +213,7 @@ def fashion_mnist(args) -> DatasetInfo:
 
 @register_model("mlp-resnet")
 def mlp_resnet(info: DatasetInfo, args) -> nn.Module:
-    from .models import MLPResNet
+    from ..models import MLPResNet
 
     return MLPResNet(int(np.prod(info.input_shape)), getattr(args, "hidden_dim", 100),
                      num_classes=info.num_classes)
