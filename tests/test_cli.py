@@ -112,3 +112,32 @@ def test_augment_choices():
     with pytest.raises(ValueError, match="bogus"):
         train.engine._augmentation("bogus")
     _one_line_error(_needle("train", "--augment", "rotate"), "--augment", "invalid choice")
+
+
+def test_user_errors_share_one_class(tmp_path):
+    """Everything the CLI reports in one line derives from needle.errors.UserError."""
+    from needle.data import find_fashion_mnist
+    from needle.errors import CheckpointError, DataNotFoundError, UserError
+    from needle.serialization import load_checkpoint
+
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 4)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(str(bad))
+    assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        with pytest.raises(DataNotFoundError) as info:
+            find_fashion_mnist(str(tmp_path / "nowhere"))
+        assert isinstance(info.value, UserError) and isinstance(info.value, FileNotFoundError)
+    with pytest.raises(UserError, match="bogus"):
+        train._augmentation("bogus")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """An exception that is not a UserError is not turned into a one-line exit 2."""
+    def broken(*args, **kwargs):
+        raise KeyError("not a user error")
+
+    monkeypatch.setattr(train, "run_training", broken)
+    with pytest.raises(KeyError):
+        cli.main(["train", "--dataset", "tiny-mnist-cli", "--epochs", "1", "--no-progress"])

@@ -16,14 +16,12 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
+from .errors import CheckpointError
+
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
 
 FORMAT = "needle-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, truncated, corrupt or not a needle checkpoint."""
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

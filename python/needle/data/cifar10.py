@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 
+from ..errors import DataFormatError, DataNotFoundError
 from .data_basic import Dataset
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -30,40 +31,40 @@ class _BatchUnpickler(pickle.Unpickler):
 def read_cifar_batch(path: str):
     """Read one CIFAR-10 python batch file.
 
-    Returns (data uint8 (N, 3072), labels int64 (N,)). Raises FileNotFoundError or ValueError
+    Returns (data uint8 (N, 3072), labels int64 (N,)). Raises DataNotFoundError or DataFormatError
     naming `path` and the problem.
     """
     try:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="bytes").load()
     except FileNotFoundError:
-        raise FileNotFoundError(f"CIFAR-10 batch file {path!r} does not exist") from None
+        raise DataNotFoundError(f"CIFAR-10 batch file {path!r} does not exist") from None
     except IsADirectoryError:
-        raise FileNotFoundError(f"CIFAR-10 batch file {path!r} is a directory") from None
+        raise DataNotFoundError(f"CIFAR-10 batch file {path!r} is a directory") from None
     except EOFError:
-        raise ValueError(f"CIFAR-10 batch file {path!r} is truncated or empty") from None
+        raise DataFormatError(f"CIFAR-10 batch file {path!r} is truncated or empty") from None
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
             KeyError, MemoryError, OverflowError, UnicodeDecodeError) as e:
-        raise ValueError(f"CIFAR-10 batch file {path!r} is not a valid pickled batch "
+        raise DataFormatError(f"CIFAR-10 batch file {path!r} is not a valid pickled batch "
                          f"({type(e).__name__}: {e})") from None
     if not isinstance(batch, dict):  # bad file content, hence ValueError
         msg = f"CIFAR-10 batch file {path!r} holds a {type(batch).__name__}, expected a dict"
-        raise ValueError(msg)  # noqa: TRY004
+        raise DataFormatError(msg)  # noqa: TRY004
     keys = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
     missing = [k for k in ("data", "labels") if k not in keys]
     if missing:
-        raise ValueError(f"CIFAR-10 batch file {path!r} lacks key(s) {missing}; "
+        raise DataFormatError(f"CIFAR-10 batch file {path!r} lacks key(s) {missing}; "
                          f"found {sorted(map(str, keys))}")
     data = np.asarray(keys["data"])
     labels = np.asarray(keys["labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"CIFAR-10 batch file {path!r}: 'data' must be uint8 (N, 3072), "
+        raise DataFormatError(f"CIFAR-10 batch file {path!r}: 'data' must be uint8 (N, 3072), "
                          f"got {data.dtype} {data.shape}")
     if labels.ndim != 1 or labels.shape[0] != data.shape[0] or labels.dtype.kind not in "iu":
-        raise ValueError(f"CIFAR-10 batch file {path!r}: 'labels' must be {data.shape[0]} "
+        raise DataFormatError(f"CIFAR-10 batch file {path!r}: 'labels' must be {data.shape[0]} "
                          f"integers, got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"CIFAR-10 batch file {path!r}: labels outside 0..9 "
+        raise DataFormatError(f"CIFAR-10 batch file {path!r}: labels outside 0..9 "
                          f"(min {labels.min()}, max {labels.max()})")
     return data, labels.astype(np.int64)
 
@@ -82,7 +83,7 @@ class CIFAR10Dataset(Dataset):
     def __init__(self, base_folder: str, train: bool, p: float = 0.5, transforms=None):
         super().__init__(transforms)
         if not os.path.isdir(base_folder):
-            raise FileNotFoundError(f"CIFAR10Dataset: folder {base_folder!r} does not exist "
+            raise DataNotFoundError(f"CIFAR10Dataset: folder {base_folder!r} does not exist "
                                     f"(expected the extracted cifar-10-batches-py)")
         self.p = p
         names = TRAIN_BATCHES if train else TEST_BATCHES

@@ -5,6 +5,7 @@ import zlib
 
 import numpy as np
 
+from ..errors import DataFormatError, DataNotFoundError
 from .data_basic import Dataset
 
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
@@ -16,42 +17,43 @@ def _read_gzip(path: str, what: str) -> bytes:
         with gzip.open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{what} file {path!r} does not exist") from None
+        raise DataNotFoundError(f"{what} file {path!r} does not exist") from None
     except IsADirectoryError:
-        raise FileNotFoundError(f"{what} file {path!r} is a directory") from None
+        raise DataNotFoundError(f"{what} file {path!r} is a directory") from None
     except gzip.BadGzipFile as e:
-        raise ValueError(f"{what} file {path!r} is not a gzip file ({e})") from None
+        raise DataFormatError(f"{what} file {path!r} is not a gzip file ({e})") from None
     except EOFError:
-        raise ValueError(f"{what} file {path!r} is truncated (gzip stream ends early)") from None
+        raise DataFormatError(f"{what} file {path!r} is truncated (gzip stream ends "
+                              f"early)") from None
     except zlib.error as e:
-        raise ValueError(f"{what} file {path!r} has corrupt gzip data ({e})") from None
+        raise DataFormatError(f"{what} file {path!r} has corrupt gzip data ({e})") from None
 
 
 def read_idx(path: str, magic: int, what: str = "IDX") -> np.ndarray:
     """Read a gzipped IDX file of unsigned bytes whose header has the given `magic` number.
 
     Returns a uint8 array shaped by the header's big-endian dimensions, e.g. (N, 28, 28) for
-    magic 2051 (images) or (N,) for magic 2049 (labels). Raises FileNotFoundError or ValueError
+    magic 2051 (images) or (N,) for magic 2049 (labels). Raises DataNotFoundError or DataFormatError
     naming `path` and the problem.
     """
     raw = _read_gzip(path, what)
     ndim = magic & 0xFF
     header_size = 4 * (1 + ndim)
     if len(raw) < 4:
-        raise ValueError(f"{what} file {path!r} is truncated: {len(raw)} bytes, "
+        raise DataFormatError(f"{what} file {path!r} is truncated: {len(raw)} bytes, "
                          f"no IDX header")
     (found,) = struct.unpack(">I", raw[:4])
     if found != magic:
-        raise ValueError(f"{what} file {path!r} has magic number {found}, expected {magic}")
+        raise DataFormatError(f"{what} file {path!r} has magic number {found}, expected {magic}")
     if len(raw) < header_size:
-        raise ValueError(f"{what} file {path!r} is truncated: {len(raw)} bytes, "
+        raise DataFormatError(f"{what} file {path!r} is truncated: {len(raw)} bytes, "
                          f"the IDX header needs {header_size}")
     dims = struct.unpack(f">{ndim}I", raw[4:header_size])
     expected = int(np.prod(dims, dtype=np.int64))
     got = len(raw) - header_size
     if got != expected:
         problem = "is truncated" if got < expected else "has trailing bytes"
-        raise ValueError(f"{what} file {path!r} {problem}: header says {dims} "
+        raise DataFormatError(f"{what} file {path!r} {problem}: header says {dims} "
                          f"({expected} bytes of data), file has {got}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(dims)
 
@@ -60,7 +62,7 @@ def _read_mnist_pair(image_filename: str, label_filename: str):
     images = read_idx(image_filename, IDX_IMAGES_MAGIC, "MNIST image")
     labels = read_idx(label_filename, IDX_LABELS_MAGIC, "MNIST label")
     if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"MNIST files disagree: {image_filename!r} holds {images.shape[0]} "
+        raise DataFormatError(f"MNIST files disagree: {image_filename!r} holds {images.shape[0]} "
                          f"images but {label_filename!r} holds {labels.shape[0]} labels")
     return images, labels
 

@@ -1,6 +1,8 @@
 """Where data lives: files shipped inside the package, and larger sets found on disk."""
 import os
 
+from ..errors import DataNotFoundError
+
 _SHIPPED_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "datasets")
 
@@ -22,7 +24,7 @@ def shipped_path(name: str) -> str:
     path = os.path.join(_SHIPPED_DIR, name)
     if not os.path.isfile(path):
         available = sorted(os.listdir(_SHIPPED_DIR)) if os.path.isdir(_SHIPPED_DIR) else []
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"shipped_path: no data file {name!r} in {_SHIPPED_DIR}; available: {available}")
     return path
 
@@ -38,7 +40,7 @@ def find_fashion_mnist(data_dir: str | None = None) -> dict[str, str]:
 
     Looks in `data_dir` (and `data_dir/fashion-mnist`) when given, then in the Debian package
     location `/usr/share/datasets/fashion-mnist`. Returns a dict with keys `train_images`,
-    `train_labels`, `test_images`, `test_labels` mapping to paths; raises FileNotFoundError
+    `train_labels`, `test_images`, `test_labels` mapping to paths; raises DataNotFoundError
     naming every directory searched when no directory holds all four files.
     """
     candidates = []
@@ -50,7 +52,7 @@ def find_fashion_mnist(data_dir: str | None = None) -> dict[str, str]:
         if all(os.path.isfile(p) for p in paths):
             keys = ("train_images", "train_labels", "test_images", "test_labels")
             return dict(zip(keys, paths))
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         "Fashion-MNIST not found: looked for " + ", ".join(FASHION_MNIST_FILES)
         + " in " + ", ".join(repr(c) for c in candidates)
         + " (pass --data-dir, or install the Debian package that provides "

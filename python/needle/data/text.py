@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 from ..autograd import Tensor
+from ..errors import DataFormatError, DataNotFoundError
 from .paths import shipped_path
 
 EOS = "<eos>"
@@ -49,9 +50,9 @@ def _read_lines(path: str, max_lines: int | None) -> list[str]:
                     break
                 lines.append(line)
     except FileNotFoundError:
-        raise FileNotFoundError(f"Corpus: text file {path!r} does not exist") from None
+        raise DataNotFoundError(f"Corpus: text file {path!r} does not exist") from None
     except UnicodeDecodeError as e:
-        raise ValueError(f"Corpus: text file {path!r} is not UTF-8 text ({e})") from None
+        raise DataFormatError(f"Corpus: text file {path!r} is not UTF-8 text ({e})") from None
     return lines
 
 
@@ -78,7 +79,7 @@ class Corpus:
         if base_dir is None:
             return
         if not os.path.isdir(base_dir):
-            raise FileNotFoundError(f"Corpus: directory {base_dir!r} does not exist")
+            raise DataNotFoundError(f"Corpus: directory {base_dir!r} does not exist")
         self.train = self.tokenize(os.path.join(base_dir, "train.txt"), max_lines)
         valid_path = os.path.join(base_dir, "valid.txt")
         if os.path.isfile(valid_path):

@@ -1,6 +1,7 @@
 """The trainer plugin that makes `needle train` data-parallel under an MPI launcher (above nn)."""
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..nn import convert_sync_batchnorm
 from .comm import DEFAULT_BUCKET_BYTES, init, install_excepthook, is_main_process
 from .data_parallel import allreduce_gradients, broadcast_parameters, distributed_sampler
@@ -30,7 +31,7 @@ def trainer_plugin(trainer, args) -> None:
     data = trainer.train_data
     if getattr(data, "sampler", "absent") is None and hasattr(data, "dataset"):
         if data.batch_size % n:
-            raise ValueError(f"--batch-size {data.batch_size} is the global batch and must be "
+            raise ConfigError(f"--batch-size {data.batch_size} is the global batch and must be "
                              f"a multiple of the {n} processes")
         loader_cls = type(data)
         trainer.train_data = loader_cls(

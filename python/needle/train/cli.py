@@ -13,7 +13,7 @@ from typing import List, Optional
 
 from .. import optim
 from . import engine as train
-from ..serialization import CheckpointError
+from ..errors import UserError
 
 # ---- plugins: each line imports a module that registers datasets/models/tasks in needle.train --
 from ..distributed import abort_on_error as _abort_on_error  # noqa: E402
@@ -153,8 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                           args.temperature, args.seed))
         else:
             print(json.dumps(train.evaluate_checkpoint(args.checkpoint, args)))
-    except (FileNotFoundError, CheckpointError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    except UserError as e:  # anything else is a bug and keeps its traceback
+        msg = e
         print(f"needle: error: {msg}", file=sys.stderr)
         _abort_on_error(str(msg), 2)  # other ranks would wait forever
         return 2

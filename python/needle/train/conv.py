@@ -11,6 +11,7 @@ from .. import nn, optim
 from ..autograd import no_grad
 from ..data import CIFAR10Dataset
 from ..data.data_transforms import Normalize, RandomCrop, RandomFlipHorizontal
+from ..errors import ConfigError, DataNotFoundError
 from .engine import DatasetInfo, register_dataset, register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -23,7 +24,7 @@ def cifar10(args) -> DatasetInfo:
     are randomly flipped and shifted (padding 4); both splits normalized per channel."""
     folder = getattr(args, "data_dir", None)
     if not folder:
-        raise FileNotFoundError("cifar10: pass --data-dir DIR, the extracted "
+        raise DataNotFoundError("cifar10: pass --data-dir DIR, the extracted "
                                 "cifar-10-batches-py folder (data_batch_1..5, test_batch)")
     norm = Normalize(CIFAR10_MEAN, CIFAR10_STD, layout="CHW")
     train = CIFAR10Dataset(folder, train=True, transforms=[
@@ -38,7 +39,7 @@ def _channels(info: DatasetInfo, model: str) -> int:
         return 1
     if len(shape) == 3:
         return shape[0]
-    raise ValueError(f"--model {model}: needs image inputs (C, H, W) or 784-pixel rows, "
+    raise ConfigError(f"--model {model}: needs image inputs (C, H, W) or 784-pixel rows, "
                      f"dataset {info.name} gives {shape}")
 
 
@@ -54,7 +55,7 @@ def resnet9(info: DatasetInfo, args) -> nn.Module:
     from ..models import ResNet9
 
     if tuple(info.input_shape) != (3, 32, 32) or info.num_classes != 10:
-        raise ValueError(f"--model resnet9: needs (3, 32, 32) images and 10 classes, dataset "
+        raise ConfigError(f"--model resnet9: needs (3, 32, 32) images and 10 classes, dataset "
                          f"{info.name} gives {tuple(info.input_shape)} and {info.num_classes}")
     return ResNet9()
 

@@ -27,6 +27,7 @@ from ..autograd import no_grad
 from ..data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
 from ..data.data_basic import NDArrayDataset
 from ..data.data_transforms import RandomCrop, RandomFlipHorizontal
+from ..errors import ConfigError
 from ..serialization import load_checkpoint, save_checkpoint
 
 __all__ = [
@@ -197,7 +198,7 @@ def _augmentation(kind):
         return [RandomFlipHorizontal()]
     if kind == "flip-shift":
         return [RandomFlipHorizontal(), RandomCrop(2)]
-    raise ValueError(f"--augment: unknown augmentation {kind!r} (none, flip, flip-shift)")
+    raise ConfigError(f"--augment: unknown augmentation {kind!r} (none, flip, flip-shift)")
 
 
 @register_dataset("fashion-mnist")
@@ -238,7 +239,7 @@ def _scheduler(optimizer: optim.Optimizer, args):
         return None
     if schedule == "cosine":
         return optim.CosineAnnealing(optimizer, T_max=args.epochs)
-    raise ValueError(f"--schedule: unknown schedule {schedule!r} (constant, cosine)")
+    raise ConfigError(f"--schedule: unknown schedule {schedule!r} (constant, cosine)")
 
 
 def _config(args) -> Dict[str, Any]:
@@ -351,7 +352,7 @@ def evaluate_checkpoint(path: str, args) -> Dict[str, Any]:
         if getattr(args, k, None) is not None:
             config[k] = getattr(args, k)
     if config.get("model") not in MODELS or config.get("dataset") not in DATASETS:
-        raise ValueError(f"{path}: checkpoint names model {config.get('model')!r} and dataset "
+        raise ConfigError(f"{path}: checkpoint names model {config.get('model')!r} and dataset "
                          f"{config.get('dataset')!r}, not both known here")
     run_args = _Namespace(**config)
     info = DATASETS[run_args.dataset](run_args)

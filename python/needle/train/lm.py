@@ -14,6 +14,7 @@ import numpy as np
 from .. import nn, optim
 from ..autograd import no_grad
 from ..data.text import get_batch
+from ..errors import ConfigError, DataNotFoundError
 from ..models.language import detach_state
 
 __all__ = ["epoch_general_ptb", "train_ptb", "evaluate_ptb", "perplexity"]
@@ -119,7 +120,7 @@ def text_dir(args) -> DatasetInfo:
     """Word-level corpus from --data-dir DIR holding train.txt, valid.txt (or test.txt)."""
     folder = getattr(args, "data_dir", None)
     if not folder:
-        raise FileNotFoundError("--dataset text: pass --data-dir DIR with train.txt and "
+        raise DataNotFoundError("--dataset text: pass --data-dir DIR with train.txt and "
                                 "valid.txt/test.txt (e.g. PTB)")
     return _text_info("text", Corpus(folder, level="word"))
 
@@ -127,7 +128,7 @@ def text_dir(args) -> DatasetInfo:
 def _lm_builder(seq_model: str):
     def build(info: DatasetInfo, args):
         if info.task != "language-model":
-            raise ValueError(f"a language model needs a text dataset (shakespeare, text), got "
+            raise ConfigError(f"a language model needs a text dataset (shakespeare, text), got "
                              f"{info.name}")
         return LanguageModel(_opt(args, "embedding_dim"), info.num_classes,
                              getattr(args, "hidden_dim", None) or 256, _opt(args, "num_layers"),
@@ -147,7 +148,7 @@ class _Windows:
         self.data = batchify(ids, batch_size)
         self.bptt = bptt
         if self.data.shape[0] < 2:
-            raise ValueError(f"language model: {len(ids)} tokens are too few for batch size "
+            raise ConfigError(f"language model: {len(ids)} tokens are too few for batch size "
                              f"{batch_size}")
 
     def __len__(self):
@@ -211,18 +212,18 @@ def generate_text(checkpoint: str, prompt: str, tokens: int, temperature: float 
     ckpt = load_checkpoint(checkpoint)
     config = _Namespace(**ckpt.meta.get("config", {}))
     if config.model not in MODELS or config.dataset not in DATASETS:
-        raise ValueError(f"{checkpoint}: not a language-model checkpoint known here (model "
+        raise ConfigError(f"{checkpoint}: not a language-model checkpoint known here (model "
                          f"{config.model!r}, dataset {config.dataset!r})")
     info = DATASETS[config.dataset](config)
     if info.task != "language-model":
-        raise ValueError(f"{checkpoint}: model {config.model!r} is not a language model")
+        raise ConfigError(f"{checkpoint}: model {config.model!r} is not a language model")
     model = MODELS[config.model](info, config)
     model.load_state_dict(ckpt.model_state)
     vocab, char = info.extra["dictionary"], info.extra["level"] == "char"
     pieces = list(prompt) if char else prompt.split()
     unknown = [p for p in pieces if p not in vocab.word2idx]
     if unknown:
-        raise ValueError(f"generate: prompt tokens {unknown[:5]} are not in the vocabulary "
+        raise ConfigError(f"generate: prompt tokens {unknown[:5]} are not in the vocabulary "
                          f"({len(vocab)} tokens)")
     ids = generate(model, [vocab.word2idx[p] for p in pieces], tokens, temperature,
                    np.random.default_rng(seed))
