@@ -49,7 +49,7 @@ def loss_err(h, y):
 
 
 # ---- hw4: CIFAR-10 (epoch_general_cifar10, train_cifar10, evaluate_cifar10) -------------------
-# The conv engineer adds these here and their names to __all__.
+# The hw4 convolutional training loops (needle.train.conv).
 from needle.train.conv import (  # noqa: E402,F401
     epoch_general_cifar10, evaluate_cifar10, train_cifar10,
 )
@@ -58,7 +58,7 @@ __all__ += ["epoch_general_cifar10", "train_cifar10", "evaluate_cifar10"]
 
 
 # ---- hw4: PTB language models (epoch_general_ptb, train_ptb, evaluate_ptb) --------------------
-# The sequence engineer adds these here and their names to __all__.
+# The hw4 language-model training loops (needle.train.lm).
 from needle.train.lm import epoch_general_ptb, evaluate_ptb, train_ptb  # noqa: E402,F401
 
 __all__ += ["epoch_general_ptb", "train_ptb", "evaluate_ptb"]
