@@ -130,7 +130,7 @@ def test_user_errors_share_one_class(tmp_path):
             find_fashion_mnist(str(tmp_path / "nowhere"))
         assert isinstance(info.value, UserError) and isinstance(info.value, FileNotFoundError)
     with pytest.raises(UserError, match="bogus"):
-        train._augmentation("bogus")
+        train.engine._augmentation("bogus")
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
@@ -138,6 +138,6 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise KeyError("not a user error")
 
-    monkeypatch.setattr(train, "run_training", broken)
+    monkeypatch.setattr(train.engine, "run_training", broken)
     with pytest.raises(KeyError):
         cli.main(["train", "--dataset", "tiny-mnist-cli", "--epochs", "1", "--no-progress"])
