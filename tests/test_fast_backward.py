@@ -91,12 +91,17 @@ CASES = {
                    [(4, 2, 12), (3, 12), (2, 3), (2, 3)], False),
     "gru_layer": (lambda x, w, b, h: ops.gru_layer(x, w, b, h)[0],
                   [(4, 2, 9), (3, 9), (9,), (2, 3)], False),
+    "conv_nchw": (lambda a, w, b: ops.conv_nchw(a, w, b, stride=2, padding=1),
+                  [(2, 3, 6, 6), (3, 3, 3, 4), (4,)], False),
+    "embedding": (lambda w: ops.embedding(w, np.array([[1, 4, 1], [0, 4, 4]])) ** 2,
+                  [(5, 3)], False),
 }
 
 # Ops reached only as the gradient of another op (their own rule runs in a second backward,
 # which `test_second_backward_fast_matches_graph` covers) or abstract bases.
 NOT_A_FORWARD_CASE = {"FusedOp", "FusedTupleOp", "FusedBackward", "AvgPool2dAdjoint",
-                      "ScatterFlat", "GatherFlat", "TupleGetItem", "MakeTensorTuple"}
+                      "ScatterFlat", "GatherFlat", "TupleGetItem", "MakeTensorTuple",
+                      "EmbeddingScatter"}
 
 
 @pytest.mark.parametrize("name", list(CASES))

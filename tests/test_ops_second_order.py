@@ -195,3 +195,32 @@ def test_batch_norm_train_updates_running_stats_once():
     out.sum().backward()
     np.testing.assert_allclose(rm.numpy(), 0.25 * x.mean(0), rtol=1e-6)
     np.testing.assert_allclose(rv.numpy(), 0.75 + 0.25 * x.var(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["linear", "layer_norm", "conv"])
+def test_second_order_without_create_graph(kind):
+    """The outer backward of a second derivative may itself record nothing
+    (`create_graph=False`): the fused ops' composed rules are still recorded to be
+    differentiated, so the result equals the recording outer backward's."""
+    rng = np.random.default_rng(11)
+    if kind == "linear":
+        shapes = [(3, 4), (4, 5), (1, 5)]
+        fn = lambda a, w, b: ops.linear(a, w, b) ** 2  # noqa: E731
+    elif kind == "layer_norm":
+        shapes = [(3, 6), (6,), (6,)]
+        fn = lambda a, w, b: ops.layer_norm(a, w, b) ** 3  # noqa: E731
+    else:
+        shapes = [(2, 5, 5, 3), (3, 3, 3, 2)]
+        fn = lambda a, w: ops.conv(a, w, stride=1, padding=1) ** 2  # noqa: E731
+    arrays = [rng.standard_normal(s) for s in shapes]
+    results = []
+    for create_graph in (True, False):
+        ts = [ndl.Tensor(a) for a in arrays]
+        out = fn(*ts).sum()
+        firsts = ndl.autograd.gradients(out, ts)
+        s = sum((ops.summation(g * g) for g in firsts[1:]), ops.summation(firsts[0] * firsts[0]))
+        seconds = ndl.autograd.gradients(s, ts, create_graph=create_graph)
+        results.append([g.numpy() for g in seconds])
+    for a, b in zip(*results):
+        assert np.abs(a).max() > 0
+        np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .comm_kernels import CommKernels
 from .conv_kernels import ConvKernels
+from .cpu_parallel import ParallelCPUKernels, RowThreads
 from .seq_kernels import SequenceKernels
 
 
@@ -118,6 +119,10 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         """out[index] += values, accumulating repeated indices."""
         self.xp.add.at(out, index, values)
 
+    def _scatter_rows(self, out, rows, values):
+        """out[rows[k]] += values[k] for every k (native arrays; repeated rows accumulate)."""
+        self.xp.add.at(out, rows, values)
+
     def matmul_tiled(self, a, b, out, m, n, p):
         """Multiply compact tiled matrices: a (m/t, n/t, t, t) x b (n/t, p/t, t, t) -> out."""
         t = self.__tile_size__
@@ -172,21 +177,35 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
 
         Returns (loss as a 0-d array of z's dtype, lse (B,)); pass lse on to the backward.
         """
+        lse, per_row = self._softmax_cross_entropy_rows(z, labels)
+        return self.xp.asarray(per_row.mean(), dtype=z.dtype), lse
+
+    def _softmax_cross_entropy_rows(self, z, labels):
+        """(logsumexp of each row of z, each row's loss lse_i - z_i[labels_i])."""
         xp = self.xp
         labels = labels.astype(np.int64, copy=False)
         m = z.max(axis=1, keepdims=True)
-        lse = (xp.log(xp.exp(z - m).sum(axis=1, keepdims=True)) + m)[:, 0]
+        e = z - m
+        xp.exp(e, out=e)
+        lse = xp.log(e.sum(axis=1)) + m[:, 0]
         picked = xp.take_along_axis(z, labels[:, None], axis=1)[:, 0]
-        return xp.asarray((lse - picked).mean(), dtype=z.dtype), lse
+        return lse, lse - picked
 
     def _softmax_cross_entropy_bwd(self, z, labels, lse, g):
         """d(loss)/dz = (softmax(z) - onehot(labels)) * g / B, with lse from the forward."""
+        out = self.xp.empty(z.shape, dtype=z.dtype)
+        scale = self.xp.asarray(g, dtype=z.dtype) / z.shape[0]
+        self._softmax_cross_entropy_bwd_rows(z, labels, lse, scale, out)
+        return out
+
+    def _softmax_cross_entropy_bwd_rows(self, z, labels, lse, scale, out):
+        """out = (softmax(z) - onehot(labels)) * scale, row by row, with lse of the rows."""
         xp = self.xp
         labels = labels.astype(np.int64, copy=False)
-        p = xp.exp(z - lse[:, None])
-        p[xp.arange(z.shape[0]), labels] -= 1
-        p *= xp.asarray(g, dtype=z.dtype) / z.shape[0]
-        return p
+        xp.subtract(z, lse[:, None], out=out)
+        xp.exp(out, out=out)
+        out[xp.arange(z.shape[0]), labels] -= 1
+        out *= scale
 
     def _layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
         """y = (x - mean) * rstd * weight + bias over the last axis of x (..., D).
@@ -282,33 +301,45 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         return xh, dw.reshape(weight.shape), db.reshape(weight.shape)
 
     def _adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
-                    decoupled=False):
+                     decoupled=False):
         """One Adam step in place on w, m and v (the rule of needle.optim.Adam/AdamW).
 
         g' = g + wd * w (or, decoupled, w *= 1 - lr * wd); m = b1 m + (1 - b1) g';
         v = b2 v + (1 - b2) g'^2; w -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps).
+        Two scratch buffers hold every temporary.
         """
         xp = self.xp
+        tmp, tmp2 = xp.empty_like(w), xp.empty_like(w)
         if weight_decay:
             if decoupled:
                 w *= 1.0 - lr * weight_decay
             else:
-                g = g + weight_decay * w
+                xp.multiply(w, weight_decay, out=tmp2)
+                tmp2 += g
+                g = tmp2
         m *= beta1
-        m += (1.0 - beta1) * g
+        xp.multiply(g, 1.0 - beta1, out=tmp)
+        m += tmp
         v *= beta2
-        v += (1.0 - beta2) * (g * g)
-        denom = xp.sqrt(v / (1.0 - beta2 ** step))
-        denom += eps
-        w -= (lr / (1.0 - beta1 ** step)) * m / denom
+        xp.multiply(g, g, out=tmp)
+        tmp *= 1.0 - beta2
+        v += tmp
+        xp.divide(v, 1.0 - beta2 ** step, out=tmp)
+        xp.sqrt(tmp, out=tmp)
+        tmp += eps
+        xp.multiply(m, lr / (1.0 - beta1 ** step), out=tmp2)
+        tmp2 /= tmp
+        w -= tmp2
 
 
-class CPUDevice(Device):
-    """The CPU backend over NumPy (and the BLAS NumPy links)."""
+class CPUDevice(ParallelCPUKernels, Device):
+    """The CPU backend over NumPy (and the BLAS NumPy links); its large row-wise kernels run
+    on several threads (cpu_parallel.py)."""
 
     name = "cpu"
     xp = np
     __tile_size__ = 8
+    _threads = RowThreads()
 
 
 _CPU = CPUDevice()

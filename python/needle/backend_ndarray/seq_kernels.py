@@ -300,10 +300,10 @@ class SequenceKernels:
 
     def embedding_scatter(self, g, ids, num: int):
         """The adjoint of `embedding_gather`: (num, D) zeros with the rows of g (ids.shape +
-        (D,)) added at their ids; repeated ids accumulate (the device's `scatter_add`)."""
+        (D,)) added at their ids; repeated ids accumulate (the device's `_scatter_rows`)."""
         d = g.shape[-1]
         out = self.xp.zeros((num, d), dtype=g.dtype)
-        self.scatter_add(out, ids._array.reshape(-1), g._array.reshape(-1, d))
+        self._scatter_rows(out, ids._array.reshape(-1), g._array.reshape(-1, d))
         return self._wrap(out)
 
 

@@ -2,7 +2,7 @@
 from .ops_attention import ScaledDotProductAttention, scaled_dot_product_attention
 from .ops_conv import (
     AvgPool2d, AvgPool2dAdjoint, Conv, GatherFlat, MaxPool2d, ScatterFlat, avg_pool2d, conv,
-    max_pool2d,
+    conv_nchw, max_pool2d,
 )
 from .ops_fused import FusedBackward, FusedOp, FusedTupleOp, Linear, linear, vjp_of
 from .ops_indexing import (
@@ -25,7 +25,8 @@ from .ops_norm import (
     BatchNorm, LayerNorm, Standardize, batch_norm_train, layer_norm, standardize,
 )
 from .ops_sequence import (
-    GRULayer, LSTMLayer, RNNLayer, gru_layer, lstm_layer, rnn_layer,
+    EmbeddingLookup, EmbeddingScatter, GRULayer, LSTMLayer, RNNLayer, embedding, gru_layer,
+    lstm_layer, rnn_layer,
 )
 from .ops_tuple import (
     MakeTensorTuple, Split, Stack, TupleGetItem, make_tuple, split, stack, tuple_get_item,
@@ -38,8 +39,8 @@ __all__ = [
     "matmul", "linear", "summation", "mean", "max", "broadcast_to", "reshape", "transpose",
     "permute", "to_device", "getitem", "scatter_add", "flip", "pad", "dilate", "undilate",
     "logsumexp", "logsoftmax", "softmax", "softmax_cross_entropy", "standardize", "layer_norm",
-    "batch_norm_train", "conv", "max_pool2d", "avg_pool2d", "scaled_dot_product_attention",
-    "rnn_layer", "lstm_layer", "gru_layer", "make_tuple", "tuple_get_item", "stack", "split",
+    "batch_norm_train", "conv", "conv_nchw", "max_pool2d", "avg_pool2d", "scaled_dot_product_attention",
+    "rnn_layer", "lstm_layer", "gru_layer", "embedding", "make_tuple", "tuple_get_item", "stack", "split",
     # helpers for writing gradient rules
     "reduce_to_shape", "keepdims_shape", "normalize_axes", "vjp_of",
     # op classes
@@ -50,6 +51,7 @@ __all__ = [
     "LogSumExp", "LogSoftmax", "Softmax", "SoftmaxCrossEntropy", "Standardize", "LayerNorm",
     "BatchNorm", "Conv", "MaxPool2d", "AvgPool2d", "AvgPool2dAdjoint", "ScatterFlat",
     "GatherFlat", "ScaledDotProductAttention", "RNNLayer", "LSTMLayer", "GRULayer",
+    "EmbeddingLookup", "EmbeddingScatter",
     "MakeTensorTuple", "TupleGetItem", "Stack", "Split", "FusedOp", "FusedTupleOp",
     "FusedBackward",
 ]

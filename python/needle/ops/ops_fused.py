@@ -12,7 +12,7 @@ runs on NDArrays and `FusedBackward(...)(...)` is the kernel call itself.
 from __future__ import annotations
 
 from ..autograd import (
-    Tensor, TensorOp, TensorTuple, TensorTupleOp, Value, enable_grad, partials,
+    Tensor, TensorOp, TensorTuple, TensorTupleOp, Value, enable_grad, is_grad_enabled, partials,
 )
 
 
@@ -78,8 +78,12 @@ def vjp_of(fn, node, cotangent):
     the direct one); on the fast path's NDArrays, `fn` runs on fresh leaves and the partials
     are NDArrays."""
     if isinstance(node, Value):
-        outs = fn(*node.inputs)
-        return partials(outs, list(cotangent), node.inputs)
+        # The composed rule must be recorded even when the caller's backward does not
+        # record (create_graph=False): its graph is what the partials are taken of.
+        create = is_grad_enabled()
+        with enable_grad():
+            outs = fn(*node.inputs)
+            return partials(outs, list(cotangent), node.inputs, create_graph=create)
     with enable_grad():
         leaves = [(TensorTuple if isinstance(x, tuple) else Tensor).make_const(
             x, requires_grad=n) for x, n in zip(node.inputs, node.needs_input_grad)]

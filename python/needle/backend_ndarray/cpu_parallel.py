@@ -1,0 +1,195 @@
+"""Intra-op threads for the CPU device's large row-wise kernels.
+
+NumPy's ufunc loops release the GIL but run on one core, while BLAS calls use every core the
+BLAS thread count allows. The fused kernels whose rows are independent (softmax cross-entropy,
+layer norm) and the elementwise optimizer updates therefore split large arrays into one block
+of rows per thread and run the base class's kernel on each block in a small thread pool. Each
+row (each element, for the updates) is computed by the same code on the same values: the
+softmax cross-entropy and the updates equal the one-thread kernel's bit for bit. Layer norm's
+row means are BLAS matrix-vector products, whose rounding can depend on where a block starts,
+and its weight and bias gradients add the blocks' partial sums: equal up to float rounding.
+
+The thread count is `NEEDLE_NUM_THREADS`, else `OMP_NUM_THREADS`, else the number of CPUs;
+`CPUDevice.set_num_threads(n)` changes it. Arrays under `_MIN_ELEMENTS` run on one thread (a
+pool hand-off costs tens of microseconds).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+_MIN_ELEMENTS = 1 << 18  # below this, one thread is faster than the hand-off
+
+
+def _default_threads() -> int:
+    for var in ("NEEDLE_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+class RowThreads:
+    """A lazily started pool running `fn(lo, hi)` over blocks of `range(n)`."""
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or _default_threads()
+        self._pool = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    def set_threads(self, n: int) -> None:
+        if int(n) < 1:
+            raise ValueError(f"set_num_threads: need at least 1 thread, got {n}")
+        with self._lock:
+            self.threads = int(n)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def blocks(self, n_rows: int, n_elements: int) -> int:
+        """How many blocks a kernel over `n_rows` rows of `n_elements` elements runs in."""
+        if self.threads < 2 or n_elements < _MIN_ELEMENTS or n_rows < 2:
+            return 1
+        return min(self.threads, n_rows)
+
+    def run(self, fn, n_rows: int, n_blocks: int) -> None:
+        """fn(lo, hi) for `n_blocks` contiguous blocks covering range(n_rows); the calling
+        thread runs the last block. Exceptions propagate."""
+        bounds = [n_rows * i // n_blocks for i in range(n_blocks + 1)]
+        pool = self._get_pool()
+        futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(n_blocks - 1)]
+        try:
+            fn(bounds[-2], bounds[-1])
+        finally:
+            for f in futures:
+                f.result()
+
+    def _get_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():  # a forked child starts anew
+                self._pool = ThreadPoolExecutor(max_workers=max(1, self.threads - 1),
+                                                thread_name_prefix="needle-cpu")
+                self._pid = os.getpid()
+            return self._pool
+
+
+class ParallelCPUKernels:
+    """CPUDevice's overrides: the base kernels run on blocks of rows in `self._threads`, and
+    row scatters sum sorted runs instead of NumPy's slow `add.at`."""
+
+    __slots__ = ()
+
+    def set_num_threads(self, n: int) -> None:
+        """Threads for the row-parallel kernels (BLAS keeps its own setting)."""
+        self._threads.set_threads(n)
+
+    def get_num_threads(self) -> int:
+        return self._threads.threads
+
+    def _softmax_cross_entropy_fwd(self, z, labels):
+        n = z.shape[0]
+        k = self._threads.blocks(n, z.size)
+        if k == 1:
+            return super()._softmax_cross_entropy_fwd(z, labels)
+        xp = self.xp
+        lse = xp.empty((n,), dtype=z.dtype)
+        per_row = xp.empty((n,), dtype=z.dtype)
+        base = super()._softmax_cross_entropy_rows
+
+        def block(lo, hi):
+            lse[lo:hi], per_row[lo:hi] = base(z[lo:hi], labels[lo:hi])
+
+        self._threads.run(block, n, k)
+        return xp.asarray(per_row.mean(), dtype=z.dtype), lse
+
+    def _softmax_cross_entropy_bwd(self, z, labels, lse, g):
+        n = z.shape[0]
+        k = self._threads.blocks(n, z.size)
+        if k == 1:
+            return super()._softmax_cross_entropy_bwd(z, labels, lse, g)
+        out = self.xp.empty(z.shape, dtype=z.dtype)
+        base = super()._softmax_cross_entropy_bwd_rows
+        scale = self.xp.asarray(g, dtype=z.dtype) / n
+
+        def block(lo, hi):
+            base(z[lo:hi], labels[lo:hi], lse[lo:hi], scale, out[lo:hi])
+
+        self._threads.run(block, n, k)
+        return out
+
+    def _layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
+        d = x.shape[-1]
+        x2 = x.reshape(-1, d)
+        n = x2.shape[0]
+        k = self._threads.blocks(n, x.size)
+        if k == 1:
+            return super()._layer_norm_fwd(x, weight, bias, eps)
+        xp = self.xp
+        y = xp.empty(x2.shape, dtype=x.dtype)
+        mean = xp.empty((n,), dtype=x.dtype)
+        rstd = xp.empty((n,), dtype=x.dtype)
+        base = super()._layer_norm_fwd
+
+        def block(lo, hi):
+            y[lo:hi], mean[lo:hi], rstd[lo:hi] = base(x2[lo:hi], weight, bias, eps)
+
+        self._threads.run(block, n, k)
+        lead = x.shape[:-1]
+        return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
+
+    def _layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
+        d = x.shape[-1]
+        x2, dy2 = x.reshape(-1, d), dy.reshape(-1, d)
+        m2, r2 = mean.reshape(-1), rstd.reshape(-1)
+        n = x2.shape[0]
+        k = self._threads.blocks(n, x.size)
+        if k == 1:
+            return super()._layer_norm_bwd(dy, x, mean, rstd, weight)
+        xp = self.xp
+        dx = xp.empty(x2.shape, dtype=x.dtype)
+        parts = {}  # block start -> (dweight, dbias) of its rows
+        base = super()._layer_norm_bwd
+
+        def block(lo, hi):
+            dx[lo:hi], dw, db = base(dy2[lo:hi], x2[lo:hi], m2[lo:hi], r2[lo:hi], weight)
+            parts[lo] = (dw, db)
+
+        self._threads.run(block, n, k)
+        if weight is None:
+            return dx.reshape(x.shape), None, None
+        ordered = [parts[lo] for lo in sorted(parts)]
+        dw, db = ordered[0][0].copy(), ordered[0][1].copy()
+        for w_part, b_part in ordered[1:]:
+            dw += w_part
+            db += b_part
+        return dx.reshape(x.shape), dw, db
+
+    def _scatter_rows(self, out, rows, values):
+        # NumPy's `add.at` is unbuffered and slow on rows: sort the ids, add each run of equal
+        # ids with one `reduceat` (its own summation order: equal up to rounding), and write
+        # each distinct row once.
+        xp = self.xp
+        if rows.size == 0:
+            return
+        order = xp.argsort(rows, kind="stable")
+        ids = rows[order]
+        starts = xp.flatnonzero(xp.concatenate(([True], ids[1:] != ids[:-1])))
+        out[ids[starts]] += xp.add.reduceat(values[order], starts, axis=0)
+
+    def _adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
+                     decoupled=False):
+        k = self._threads.blocks(w.size, w.size)
+        if k == 1 or not (w.flags.c_contiguous and g.flags.c_contiguous
+                          and m.flags.c_contiguous and v.flags.c_contiguous):
+            return super()._adam_update(w, g, m, v, lr, beta1, beta2, eps, step,
+                                        weight_decay, decoupled)
+        flat = [a.reshape(-1) for a in (w, g, m, v)]
+        base = super()._adam_update
+
+        def block(lo, hi):
+            base(*(a[lo:hi] for a in flat), lr, beta1, beta2, eps, step, weight_decay,
+                 decoupled)
+
+        self._threads.run(block, w.size, k)
