@@ -103,3 +103,80 @@ def test_row_scatter_equals_add_at():
         np.add.at(expected, ids, values)
         got = cpu().embedding_scatter(_nd(values), _nd(ids), vocab).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, 0)])
+def test_conv_windows_in_blocks_of_images(threads, stride, padding):
+    """im2col and its adjoint split the batch across threads: each image's numbers are the
+    one-thread kernel's."""
+    rng = np.random.default_rng(4)
+    x = _nd(rng.standard_normal((9, 30, 30, 32)).astype(np.float32))
+    dev = cpu()
+    c1, c2 = _both(threads, lambda: dev.conv_im2col(x, 3, 3, stride, padding))
+    np.testing.assert_array_equal(c1.numpy(), c2.numpy())
+    d1, d2 = _both(threads, lambda: dev.conv_col2im(c1, x.shape, 3, 3, stride, padding))
+    np.testing.assert_array_equal(d1.numpy(), d2.numpy())
+
+
+@pytest.mark.parametrize("layout", ["nc", "nchw_view_of_nhwc"])
+def test_batch_norm_in_blocks_of_rows(threads, layout):
+    """Batch norm over the (rows, C) matrix of channels-last memory in blocks of rows: the
+    blocks' partial sums are added (equal to the one-thread kernel up to float rounding)."""
+    rng = np.random.default_rng(5)
+    if layout == "nc":
+        x, dy = (rng.standard_normal((3001, 96)).astype(np.float32) for _ in range(2))
+        axes = (0,)
+    else:
+        x, dy = (rng.standard_normal((10, 9, 9, 400)).astype(np.float32).transpose(0, 3, 1, 2)
+                 for _ in range(2))
+        axes = (0, 2, 3)
+    c = x.shape[1]
+    w, b = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    dev = cpu()
+    f1, f2 = _both(threads, lambda: dev._batch_norm_fwd(x, w, b, 1e-5, axes))
+    for a, e in zip(f2, f1):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-5)
+    assert f2[0].shape == x.shape
+    # against the definition, in float64
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axes), x64.var(axes)
+    keep = [1 if i in axes else c for i in range(x.ndim)]
+    y = (x64 - mean.reshape(keep)) / np.sqrt(var.reshape(keep) + 1e-5) * w.reshape(keep) \
+        + b.reshape(keep)
+    np.testing.assert_allclose(f2[0], y, rtol=1e-4, atol=1e-4)
+    g1, g2 = _both(threads, lambda: dev._batch_norm_bwd(dy, x, f1[1], f1[2], w, axes))
+    for a, e in zip(g2, g1):
+        np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
+    h1, h2 = _both(threads, lambda: dev._batch_norm_bwd(dy, x, f1[1], f1[2], None, axes))
+    np.testing.assert_allclose(h2[0], h1[0], rtol=1e-4, atol=1e-4)
+    assert h2[1] is None and h2[2] is None
+
+
+def test_training_steps_match_one_thread(threads):
+    """A conv + BatchNorm2d + LayerNorm + softmax-loss network trained with SGD for three
+    steps: on three threads, the weights equal the one-thread run's up to float rounding.
+    (Not Adam: a conv bias before batch norm gets a gradient of pure rounding noise, which
+    Adam's normalisation turns into full-size steps of either sign.)"""
+    from needle import nn
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 8)
+
+    def run():
+        np.random.seed(0)
+        model = nn.Sequential(nn.Conv(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                              nn.Conv(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32),
+                              nn.ReLU(), nn.Flatten(), nn.LayerNorm1d(32 * 16 * 16),
+                              nn.Linear(32 * 16 * 16, 10))
+        opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        for _ in range(3):
+            opt.reset_grad()
+            loss = nn.SoftmaxLoss()(model(ndl.Tensor(x)), ndl.Tensor(y))
+            loss.backward()
+            opt.step()
+        return [p.numpy() for p in model.parameters()]
+
+    one, many = _both(threads, run)
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

@@ -56,11 +56,16 @@ class ConvKernels:
 
     def _im2col(self, a, kh: int, kw: int, stride: int, ph: int, pw: int):
         """Native im2col matrix of NHWC `a` padded by (ph, pw): (N*Ho*Wo, kh*kw*C)."""
-        view = self._windows(self._pad_hw(a, ph, pw, 1), kh, kw, stride, 1)
-        cols = self.xp.empty(view.shape, dtype=a.dtype)
-        cols[...] = view  # (N, Ho, Wo, kh, kw, C)
-        n, ho, wo = view.shape[:3]
+        n, h, w, c = a.shape
+        ho, wo = _out_size(h, kh, stride, ph), _out_size(w, kw, stride, pw)
+        cols = self.xp.empty((n, ho, wo, kh, kw, c), dtype=a.dtype)
+        self._im2col_into(a, cols, stride, ph, pw)
         return cols.reshape(n * ho * wo, -1), (n, ho, wo)
+
+    def _im2col_into(self, a, cols, stride: int, ph: int, pw: int):
+        """cols (N, Ho, Wo, kh, kw, C) = the windows of NHWC `a` padded by (ph, pw)."""
+        kh, kw = cols.shape[3:5]
+        cols[...] = self._windows(self._pad_hw(a, ph, pw, 1), kh, kw, stride, 1)
 
     # ---- convolution (NHWC) -------------------------------------------------------------
     def conv_im2col(self, x, kh: int, kw: int, stride: int, padding: int):
@@ -74,16 +79,22 @@ class ConvKernels:
         input of shape `shape`. One strided add per kernel tap (kh*kw of them), each over
         only the positions inside the unpadded input, so no padded buffer is needed."""
         n, h, w, c = shape
-        s, p = stride, padding
-        ho, wo = _out_size(h, kh, s, p), _out_size(w, kw, s, p)
+        ho = _out_size(h, kh, stride, padding)
+        wo = _out_size(w, kw, stride, padding)
         d = dcols._array.reshape(n, ho, wo, kh, kw, c)
-        xp = self.xp
+        dx = self.xp.empty((n, h, w, c), dtype=d.dtype)
+        self._col2im(d, dx, stride, padding)
+        return self._wrap(dx)
+
+    def _col2im(self, d, dx, s: int, p: int):
+        """dx (N, H, W, C) = the sum of d (N, Ho, Wo, kh, kw, C) back onto the input."""
+        n, ho, wo, kh, kw, c = d.shape
+        h, w = dx.shape[1:3]
         if s == 1 and ho == h and wo == w:  # tap (p, p) covers every pixel: it initialises dx
-            dx = xp.empty((n, h, w, c), dtype=d.dtype)
             dx[...] = d[:, :, :, p, p]
             skip = (p, p)
         else:
-            dx = xp.zeros((n, h, w, c), dtype=d.dtype)
+            dx[...] = 0
             skip = None
         for i in range(kh):
             r0, r1 = _valid_range(ho, h, i, s, p)
@@ -98,7 +109,6 @@ class ConvKernels:
                 y0, x0 = r0 * s + i - p, c0 * s + j - p
                 dx[:, y0:y0 + (r1 - r0 - 1) * s + 1:s, x0:x0 + (c1 - c0 - 1) * s + 1:s] += \
                     d[:, r0:r1, c0:c1, i, j]
-        return self._wrap(dx)
 
     def conv_weight_grad(self, cols, g2):
         """cols^T @ g2: the weight gradient (K, C_out) from the im2col matrix (M, K) and the

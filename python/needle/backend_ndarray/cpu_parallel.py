@@ -166,6 +166,125 @@ class ParallelCPUKernels:
             db += b_part
         return dx.reshape(x.shape), dw, db
 
+    # ---- batch norm: blocks of rows of the (rows, C) matrix ---------------------------------
+    def _rows_by_channel(self, a, axes):
+        """`a` as a C-contiguous (rows, C) native matrix when batch norm's `axes` are all
+        but axis 1 and the memory is channels-last ((N, C) arrays, NCHW views of NHWC
+        memory), else None."""
+        if a.ndim < 2 or tuple(axes) != tuple(i for i in range(a.ndim) if i != 1):
+            return None
+        order = (0,) + tuple(range(2, a.ndim)) + (1,)
+        t = a.transpose(order)
+        return t.reshape(-1, a.shape[1]) if t.flags.c_contiguous else None
+
+    @staticmethod
+    def _as_layout(m, like):
+        """The (rows, C) matrix `m` viewed in the shape of `like` (inverse of
+        `_rows_by_channel`)."""
+        shape = (like.shape[0],) + like.shape[2:] + (like.shape[1],)
+        back = (0, like.ndim - 1) + tuple(range(1, like.ndim - 1))
+        return m.reshape(shape).transpose(back)
+
+    def _batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
+        x2 = self._rows_by_channel(x, axes)
+        k = 1 if x2 is None else self._threads.blocks(x2.shape[0], x2.size)
+        if k == 1:
+            return super()._batch_norm_fwd(x, weight, bias, eps, axes)
+        xp = self.xp
+        rows, c = x2.shape
+        y = xp.empty_like(x2)
+        sums = {}  # block start -> its partial sums
+        run = self._threads.run
+
+        def total(parts):
+            ordered = [parts[lo] for lo in sorted(parts)]
+            out = ordered[0].copy()
+            for part in ordered[1:]:
+                out += part
+            return out
+
+        def block_sum(lo, hi):
+            sums[lo] = xp.ones((hi - lo,), dtype=x.dtype) @ x2[lo:hi]
+
+        run(block_sum, rows, k)
+        mean = total(sums) / rows
+
+        def block_var(lo, hi):
+            yb = y[lo:hi]
+            xp.subtract(x2[lo:hi], mean, out=yb)
+            sums[lo] = xp.einsum("ij,ij->j", yb, yb)
+
+        run(block_var, rows, k)
+        var = total(sums) / rows
+        rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+        scale = rstd if weight is None else rstd * weight.reshape(c)
+
+        def block_out(lo, hi):
+            yb = y[lo:hi]
+            yb *= scale
+            if bias is not None:
+                yb += bias.reshape(c)
+
+        run(block_out, rows, k)
+        return self._as_layout(y, x), mean, rstd, var
+
+    def _batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
+        x2, dy2 = self._rows_by_channel(x, axes), self._rows_by_channel(dy, axes)
+        k = 1 if x2 is None or dy2 is None else self._threads.blocks(x2.shape[0], x2.size)
+        if k == 1:
+            return super()._batch_norm_bwd(dy, x, mean, rstd, weight, axes)
+        xp = self.xp
+        rows, c = x2.shape
+        dx = xp.empty_like(x2)  # holds xh until the second pass overwrites it
+        parts = {}  # block start -> (sum dy, sum dy * xh) of its rows
+        mean, rstd = mean.reshape(c), rstd.reshape(c)
+
+        def block_sums(lo, hi):
+            xh = dx[lo:hi]
+            xp.subtract(x2[lo:hi], mean, out=xh)
+            xh *= rstd
+            d = dy2[lo:hi]
+            parts[lo] = (xp.ones((hi - lo,), dtype=d.dtype) @ d, xp.einsum("ij,ij->j", d, xh))
+
+        self._threads.run(block_sums, rows, k)
+        ordered = [parts[lo] for lo in sorted(parts)]
+        db, dw = ordered[0][0].copy(), ordered[0][1].copy()
+        for b_part, w_part in ordered[1:]:
+            db += b_part
+            dw += w_part
+        scale = rstd * weight.reshape(c) if weight is not None else rstd
+
+        def block_dx(lo, hi):
+            out = dx[lo:hi]
+            out *= dw
+            out += db
+            out *= -1.0 / rows
+            out += dy2[lo:hi]
+            out *= scale
+
+        self._threads.run(block_dx, rows, k)
+        dx = self._as_layout(dx, x)
+        if weight is None:
+            return dx, None, None
+        return dx, dw.reshape(weight.shape), db.reshape(weight.shape)
+
+    # ---- convolution: blocks of images ----------------------------------------------------
+    def _im2col_into(self, a, cols, stride, ph, pw):
+        n = a.shape[0]
+        k = self._threads.blocks(n, cols.size)
+        if k == 1:
+            return super()._im2col_into(a, cols, stride, ph, pw)
+        base = super()._im2col_into
+        self._threads.run(lambda lo, hi: base(a[lo:hi], cols[lo:hi], stride, ph, pw), n, k)
+
+    def _col2im(self, d, dx, s, p):
+        n = d.shape[0]
+        k = self._threads.blocks(n, d.size)
+        if k == 1:
+            return super()._col2im(d, dx, s, p)
+        base = super()._col2im
+        self._threads.run(lambda lo, hi: base(d[lo:hi], dx[lo:hi], s, p), n, k)
+
     def _scatter_rows(self, out, rows, values):
         # NumPy's `add.at` is unbuffered and slow on rows: sort the ids, add each run of equal
         # ids with one `reduceat` (its own summation order: equal up to rounding), and write
