@@ -8,6 +8,7 @@ kernels against the composed code they replace.
 """
 import gc
 import importlib.util
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +21,6 @@ import needle.nn as nn
 from needle import backend_ndarray as nd
 from needle import ops
 from needle.models import MLPResNet
-from needle.backend_ndarray import cuda_kernels
 from needle.backend_ndarray.cuda import CUDADevice, _PoolStats
 
 SIM = ndl.cuda.simulated()
@@ -432,91 +432,6 @@ def test_adam_kernel_matches_the_optimizer(dev, opt, wd):
     _close(v.numpy(), o.state[p]["v"].numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_kernel_sources_name_their_entry_points():
-    sources = {"ndl_softmax_ce_fwd": cuda_kernels._SOFTMAX_CE_FWD,
-               "ndl_layer_norm_fwd": cuda_kernels._LAYER_NORM_FWD,
-               "ndl_layer_norm_bwd": cuda_kernels._LAYER_NORM_BWD}
-    for name, src in sources.items():
-        assert re.search(r'extern "C" __global__ void ' + name + r"\(", src)
-        assert src.count("{") == src.count("}") and src.count("(") == src.count(")")
-    assert cuda_kernels._BLOCK % 32 == 0 and cuda_kernels._BLOCK <= 1024
-
-
-class _KernelRecorder:
-    """Stands in for the CuPy module: records what each kernel constructor was given."""
-
-    def RawKernel(self, code, name):  # noqa: N802 (CuPy's names)
-        return ("raw", name, code)
-
-    def ElementwiseKernel(self, in_params, out_params, operation, name):  # noqa: N802
-        return ("elementwise", name, in_params, out_params, operation)
-
-    def ReductionKernel(self, in_params, out_params, map_expr, reduce_expr, post_map_expr,  # noqa: N802
-                        identity, name):
-        return ("reduction", name, in_params, out_params, map_expr, reduce_expr, post_map_expr,
-                identity)
-
-
-_CTYPES = {"float32": "float", "int64": "long long"}
-
-
-def _params(spec, out=False):
-    """CuPy parameter specs as harness arguments: raw -> indexable array, else a value
-    (inputs) or a reference into the output array (outputs)."""
-    args, body = [], []
-    for item in spec.split(","):
-        words = item.split()
-        raw, ctype, name = words[0] == "raw", _CTYPES[words[-2]], words[-1]
-        if raw:
-            args.append(f"NdlRaw<{ctype}> {name}")
-        elif out:
-            args.append(f"{ctype}* _out_{name}")
-            body.append(f"{ctype} &{name} = _out_{name}[i];")
-        else:
-            args.append(f"const {ctype} {name}")
-    return args, body
-
-
-def _harness(kernel):
-    """CUDA source imitating CuPy's code generation around an Elementwise/ReductionKernel."""
-    kind, name = kernel[:2]
-    head = "const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;"
-    if kind == "elementwise":
-        in_args, _ = _params(kernel[2])
-        out_args, refs = _params(kernel[3], out=True)
-        body = "\n".join([head] + refs + [kernel[4] + ";"])  # CuPy appends the ";" too
-    else:
-        in_args, _ = _params(kernel[2])
-        out_args, refs = _params(kernel[3], out=True)
-        map_expr, reduce_expr, post_map, identity = kernel[4:]
-        body = "\n".join([head, f"float a = ({map_expr}); float b = ({identity});",
-                          f"a = ({reduce_expr});"] + refs + [post_map + ";"])
-    return ("template <typename T> struct NdlRaw { T* p;\n"
-            "  __device__ T& operator[](long long j) const { return p[j]; } };\n"
-            f'extern "C" __global__ void {name}({", ".join(in_args + out_args)}) {{\n'
-            f"{body}\n}}\n")
-
-
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (no GPU needed)")
-def test_kernel_sources_compile_with_nvcc(tmp_path):
-    """Every CUDA source: raw kernels as they are, Elementwise/ReductionKernel bodies in a
-    harness that declares their parameters as CuPy's generated code does."""
-    kernels = cuda_kernels.CupyKernels(_KernelRecorder())
-    names = [m[len("_make_"):] for m in dir(kernels) if m.startswith("_make_")]
-    assert len(names) == 8
-    files = []
-    for n in names:
-        k = kernels._kernel(n)
-        src = k[2] if k[0] == "raw" else _harness(k)
-        (tmp_path / f"{n}.cu").write_text(src)
-        files.append(f"{n}.cu")
-    r = subprocess.run(["nvcc", "-ptx", "-arch=sm_80", *files], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    for n in names:
-        assert (tmp_path / f"{n}.ptx").stat().st_size > 0
-
-
 @needs_gpu
 def test_gpu_kernels_fall_back_for_other_dtypes():
     z = nd.array(_rand(4, 3).astype(np.float64), dtype="float64", device=GPU)
@@ -548,9 +463,18 @@ def _train(dev, norm, opt, steps=3, create_graph=False):
     return losses, [p.numpy() for p in model.parameters()], model, counts
 
 
+# Adam with eps 1e-4: the Linear bias in front of a BatchNorm has a zero gradient in exact
+# arithmetic, so its float32 gradient is rounding noise (~1e-9), which Adam with eps 1e-8
+# turns into steps of +-lr; kernels that round differently from cpu() (the GPU's, the
+# references') would then disagree by ~lr per step on that bias. eps 1e-4 keeps noise steps
+# below 1e-4 lr while real gradients (~1e-2) still take Adam's steps.
+def _adam(params, lr):
+    return ndl.optim.Adam(params, lr=lr, eps=1e-4)
+
+
 @pytest.mark.parametrize("dev", DEVICES)
 @pytest.mark.parametrize("norm,opt,create_graph", [
-    (nn.BatchNorm1d, ndl.optim.Adam, False), (nn.LayerNorm1d, ndl.optim.SGD, True)])
+    (nn.BatchNorm1d, _adam, False), (nn.LayerNorm1d, ndl.optim.SGD, True)])
 def test_training_step_matches_cpu(dev, norm, opt, create_graph):
     want_losses, want_params, _, _ = _train(CPU, norm, opt, create_graph=create_graph)
     losses, params, model, counts = _train(dev, norm, opt, create_graph=create_graph)
@@ -579,3 +503,32 @@ def test_no_memory_growth_over_training_steps():
     _train(GPU, nn.BatchNorm1d, ndl.optim.Adam, steps=5)
     GPU.synchronize()
     assert ndl.cuda.memory_stats()["allocated"] <= before
+
+
+# ---- scripts/gpu_check.sh ---------------------------------------------------------------------
+
+_SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "gpu_check.sh")
+not_inside_gpu_check = pytest.mark.skipif(bool(os.environ.get("NEEDLE_GPU_CHECK")),
+                                          reason="running inside scripts/gpu_check.sh")
+
+
+@not_inside_gpu_check
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
+def test_gpu_check_says_there_is_no_gpu(tmp_path):
+    r = subprocess.run(["bash", _SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no NVIDIA GPU" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.slow
+@not_inside_gpu_check
+def test_gpu_check_dry_run_passes_every_stage(tmp_path):
+    r = subprocess.run(["bash", _SCRIPT, "--dry-run", str(tmp_path)], capture_output=True,
+                       text=True, timeout=400)
+    report = (tmp_path / "report.md").read_text()
+    assert r.returncode == 0, report
+    passed = re.search(r"pytest exit 0: (\d+) passed, 0 failed, 0 errors, (\d+) skipped", report)
+    assert passed and int(passed.group(1)) > 100, report
+    assert "memory check: PASS" in report and "ndl_softmax_ce_fwd" in report
+    assert report.rstrip().splitlines()[-2].startswith("**PASS**")

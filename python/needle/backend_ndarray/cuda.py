@@ -211,7 +211,8 @@ class CUDADevice(Device):
     def _adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
                     decoupled=False):
         k = self._fused(w, g, m, v)
-        if k is None or w.shape != g.shape:
+        # the kernel writes w, m and v in place through raw pointers: contiguous state only
+        if k is None or w.shape != g.shape or not all(a.flags.c_contiguous for a in (w, m, v)):
             return super()._adam_update(w, g, m, v, lr, beta1, beta2, eps, step, weight_decay,
                                        decoupled)
         return k.adam_update(w, g, m, v, lr, beta1, beta2, eps, step, weight_decay,

@@ -12,7 +12,7 @@ import numpy as np
 
 from .comm_kernels import CommKernels
 from .conv_kernels import ConvKernels
-from .cpu_parallel import ParallelCPUKernels, RowThreads
+from .cpu_parallel import ParallelCPUKernels, RowThreads, keep_freed_memory
 from .seq_kernels import SequenceKernels
 
 
@@ -113,6 +113,22 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         from .ndarray import NDArray
 
         return NDArray._wrap(array, self)
+
+    # ---- joins and selection (ndarray.py's module functions; NDArrays in and out) ----------
+    def stack(self, arrays, axis=0):
+        return self._wrap(self.xp.stack([a._array for a in arrays], axis=axis))
+
+    def concatenate(self, arrays, axis=0):
+        return self._wrap(self.xp.concatenate([a._array for a in arrays], axis=axis))
+
+    def where(self, cond, a, b):
+        """a where cond != 0, else b (a and b NDArrays or numbers)."""
+        return self._wrap(self.xp.where(cond._array != 0, getattr(a, "_array", a),
+                                        getattr(b, "_array", b)))
+
+    def einsum(self, subscripts: str, *arrays):
+        return self._wrap(self.xp.asarray(self.xp.einsum(subscripts,
+                                                         *[a._array for a in arrays])))
 
     # ---- kernels beyond NumPy's ufuncs ---------------------------------------------------
     def scatter_add(self, out, index, values):
@@ -343,6 +359,7 @@ class CPUDevice(ParallelCPUKernels, Device):
 
 
 _CPU = CPUDevice()
+keep_freed_memory()
 
 
 def cpu() -> CPUDevice:

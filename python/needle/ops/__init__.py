@@ -39,8 +39,9 @@ __all__ = [
     "matmul", "linear", "summation", "mean", "max", "broadcast_to", "reshape", "transpose",
     "permute", "to_device", "getitem", "scatter_add", "flip", "pad", "dilate", "undilate",
     "logsumexp", "logsoftmax", "softmax", "softmax_cross_entropy", "standardize", "layer_norm",
-    "batch_norm_train", "conv", "conv_nchw", "max_pool2d", "avg_pool2d", "scaled_dot_product_attention",
-    "rnn_layer", "lstm_layer", "gru_layer", "embedding", "make_tuple", "tuple_get_item", "stack", "split",
+    "batch_norm_train", "conv", "conv_nchw", "max_pool2d", "avg_pool2d",
+    "scaled_dot_product_attention", "rnn_layer", "lstm_layer", "gru_layer", "embedding",
+    "make_tuple", "tuple_get_item", "stack", "split",
     # helpers for writing gradient rules
     "reduce_to_shape", "keepdims_shape", "normalize_axes", "vjp_of",
     # op classes
