@@ -34,11 +34,11 @@ def test_train_then_eval(tmp_path, capsys):
                      "64", "--hidden-dim", "16", "--out", str(out), "--no-progress"])
     assert code == 0
     assert sorted(os.listdir(out)) == ["best.safetensors", "curves.png", "last.safetensors",
-                                       "metrics.jsonl"]
+                                       "metrics.csv", "metrics.jsonl"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
-    assert "validation accuracy" in capsys.readouterr().out
+    assert "done: best epoch 2 of 2: validation accuracy" in capsys.readouterr().out
     assert cli.main(["eval", str(out / "last.safetensors")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["epoch"] == 2
@@ -57,7 +57,7 @@ def _one_line_error(proc, *needles):
 def test_bad_flags():
     _one_line_error(_needle("train", "--epochs", "many"), "--epochs", "invalid int")
     _one_line_error(_needle("train", "--optimizer", "lbfgs"), "--optimizer")
-    _one_line_error(_needle("train", "--epochs", "0"), "--epochs must be >= 1")
+    _one_line_error(_needle("train", "--epochs", "0"), "--epochs", "must be >= 1, got 0")
     _one_line_error(_needle("fly"), "invalid choice")
     _one_line_error(_needle("train", "--dataset", "imagenet"), "--dataset", "'imagenet'",
                     "neither a dataset name", "mnist-small")

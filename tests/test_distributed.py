@@ -3,6 +3,7 @@
 
 The MPI tests start subprocesses with a timeout and skip cleanly without mpi4py or mpiexec.
 """
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,8 @@ class _FakeComm:
     def __init__(self, size):
         self.size = size
         self.allreduce_sizes = []
+        self.pending = []
+        self.bcast_objects = []
 
     def Allreduce(self, sendbuf, recvbuf, op):  # noqa: N802 (mpi4py name)
         assert sendbuf == "IN_PLACE" and op == "SUM"
@@ -77,11 +80,27 @@ class _FakeComm:
     def Bcast(self, buf, root=0):  # noqa: N802
         buf[...] = 7.0
 
+    def Iallreduce(self, sendbuf, recvbuf, op):  # noqa: N802
+        self.allreduce_sizes.append(-recvbuf.nbytes)  # negative: a non-blocking call
+        self.pending.append(recvbuf)
+        return len(self.pending) - 1
+
+    def bcast(self, obj, root=0):
+        self.bcast_objects.append(obj)
+        return obj
+
+    def complete(self, requests):  # what MPI does in Test/Wait: the reduction happens
+        for r in requests:
+            if self.pending[r] is not None:
+                self.pending[r] *= self.size
+                self.pending[r] = None
+
 
 @pytest.fixture
 def fake_world(monkeypatch):
     comm = _FakeComm(4)
     fake_mpi = types.SimpleNamespace(IN_PLACE="IN_PLACE", SUM="SUM", MAX="MAX", MIN="MIN")
+    fake_mpi.Request = types.SimpleNamespace(Testall=comm.complete, Waitall=comm.complete)
     monkeypatch.setattr(dist.comm, "_state", {"initialized": True, "comm": comm, "MPI": fake_mpi,
                                          "rank": 0, "size": 4})
     dist.reset_comm_stats()
@@ -178,6 +197,155 @@ def test_broadcast_parameters_writes_in_place(fake_world):
     assert len(fake_world.allreduce_sizes) == 0 and dist.comm_stats["calls"] == 1
     assert p0.realize_cached_data().native is native and np.all(native == 7.0)
     assert np.all(model.modules[3].running_var.numpy() == 7.0)
+
+
+def _deep_mlp():
+    ndl.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                         nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 5))
+
+
+def _loss(model, seed):
+    rng = np.random.default_rng(seed)
+    x = ndl.Tensor(rng.standard_normal((8, 20)).astype(np.float32), requires_grad=False)
+    return nn.SoftmaxLoss()(model(x), ndl.Tensor(rng.integers(0, 5, 8)))
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_reducer_starts_buckets_during_the_backward(fake_world, create_graph):
+    model, reference = _deep_mlp(), _deep_mlp()
+    params = model.parameters()
+    reducer = dist.GradientReducer(params, bucket_bytes=64 * 64 * 4)
+    for step in range(3):
+        for m in (model, reference):
+            for p in m.parameters():
+                p.grad = None
+        _loss(reference, step).backward(create_graph=False)
+        fake_world.allreduce_sizes.clear()
+        _loss(model, step).backward(create_graph=create_graph)
+        started = [n for n in fake_world.allreduce_sizes if n < 0]
+        if step == 0 or create_graph:  # planning step, or a graph backward: no hook calls
+            assert started == []
+        else:  # every bucket was on its way before the backward returned, in plan order
+            assert len(started) == len(reducer.buckets)
+            assert fake_world.pending[-len(started)] is None  # tested (progressed) in flight
+        reducer.finish()
+        calls = [n for n in fake_world.allreduce_sizes if n < 0]
+        assert len(calls) == len(reducer.buckets) >= 3
+        assert -sum(calls) == sum(p.numpy().nbytes for p in params) + 4 * len(params)
+        for p, r in zip(params, reference.parameters()):  # the mean of 4 equal copies
+            np.testing.assert_allclose(p.grad.numpy(), r.grad.numpy(), rtol=1e-6)
+    # the buckets follow rank 0's first backward: the last layer's gradients come first
+    assert fake_world.bcast_objects and reducer.buckets[0][0] >= len(params) - 2
+    reducer.close()
+    assert reducer._hook not in ndl.graph.LEAF_GRAD_HOOKS
+
+
+def test_reducer_missing_gradients_and_second_backward(fake_world):
+    model = _deep_mlp()
+    params = model.parameters()
+    reducer = dist.GradientReducer(params, bucket_bytes=1 << 30)
+    _loss(model, 0).backward(create_graph=False)
+    reducer.finish()
+    for p in params:
+        p.grad = None
+    params[-1].requires_grad = False  # no gradient on any rank: stays None
+    _loss(model, 1).backward(create_graph=False)
+    reducer.finish()
+    assert params[-1].grad is None and params[0].grad is not None
+    params[-1].requires_grad = True
+    _loss(model, 2).backward(create_graph=False)
+    with pytest.raises(RuntimeError, match="second gradient before finish"):
+        _loss(model, 3).backward(create_graph=False)
+    reducer.close()
+
+
+def test_reducer_is_released_with_its_owner(fake_world):
+    reducer = dist.GradientReducer(_deep_mlp().parameters())
+    hook = reducer._hook
+    del reducer  # no gc.collect(): nothing else holds it
+    assert hook not in ndl.graph.LEAF_GRAD_HOOKS
+
+
+def test_threads_per_rank(fake_world, monkeypatch):
+    fake_world.Split_type = lambda kind: types.SimpleNamespace(Get_size=lambda: 2,
+                                                                Free=lambda: None)
+    fake_world_mpi = dist.comm._state["MPI"]
+    fake_world_mpi.COMM_TYPE_SHARED = "shared"
+    device = ndl.cpu()
+    saved = device.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert dist.set_threads_per_rank() == 3  # the environment's choice stays
+        for var in dist.comm.THREAD_VARS:
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setattr(dist.comm, "_usable_cores", lambda: 8)
+        assert dist.local_world_size() == 2
+        assert dist.set_threads_per_rank() == 4 and device.get_num_threads() == 4
+        monkeypatch.setattr(dist.comm, "_usable_cores", lambda: 1)
+        assert dist.set_threads_per_rank() == 1 and device.get_num_threads() == 1
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        dist.set_threads_per_rank(2)
+        blas = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                if i["user_api"] == "blas"]
+        assert blas and all(n == 2 for n in blas)
+        with pytest.raises(ValueError, match="set_threads_per_rank: need at least 1"):
+            dist.set_threads_per_rank(0)
+    finally:
+        device.set_num_threads(saved)
+        pytest.importorskip("threadpoolctl").threadpool_limits(limits=saved, user_api="blas")
+
+
+def test_plugin_shards_validation_and_reduces_the_sums(fake_world, monkeypatch):
+    from needle.data import DataLoader, NDArrayDataset
+    from needle.distributed.plugin import trainer_plugin
+    from needle.train.engine import ClassificationTask, Trainer
+
+    monkeypatch.setattr(dist.comm, "_state", {**dist.comm._state, "rank": 1})
+    monkeypatch.setattr(dist.comm, "set_threads_per_rank", lambda: 1)
+    monkeypatch.setattr(dist.plugin, "set_threads_per_rank", lambda: 1)
+    monkeypatch.setattr(dist.plugin, "install_excepthook", lambda: None)
+    monkeypatch.setattr(dist.plugin, "broadcast_parameters", lambda model: None)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((23, 20)).astype(np.float32), rng.integers(0, 5, 23)
+    model = _deep_mlp()
+    trainer = Trainer(model, ndl.optim.SGD(model.parameters(), lr=0.1), ClassificationTask(),
+                      DataLoader(NDArrayDataset(X, y), batch_size=8, shuffle=True),
+                      DataLoader(NDArrayDataset(X, y), batch_size=5))
+    full = trainer.evaluate()
+    trainer_plugin(trainer, types.SimpleNamespace(seed=0))
+    assert trainer.world_size == 4 and trainer.is_main is False
+    assert trainer.train_data.batch_size == 2 and len(trainer.train_data.sampler) == 6
+    shard = trainer.eval_data.sampler.indices().tolist()
+    assert shard == list(range(1, 23, 4))  # rank 1 of 4: every sample read once overall
+    sums = []
+    trainer.reduce_eval_sums = lambda s: (sums.append(s), tuple(4 * v for v in s))[1]
+    trainer.evaluate()
+    (loss_sum, correct, n), = sums
+    assert n == 6
+    # rank 1's shard: its loss sum is the full evaluation's per-sample losses at those indices
+    torch = pytest.importorskip("torch")
+    model.eval()
+    logits = torch.tensor(model(ndl.Tensor(X[shard], requires_grad=False)).numpy())
+    ref = torch.nn.functional.cross_entropy(logits, torch.tensor(y[shard]), reduction="sum")
+    np.testing.assert_allclose(loss_sum, float(ref), rtol=1e-5)
+    assert correct == int((logits.argmax(1).numpy() == y[shard]).sum())
+    assert np.isfinite(full["loss"])
+    # the default reduction adds the ranks' (loss_sum, correct, n) in float64
+    fake_world.allreduce_sizes.clear()
+    assert dist.plugin._allreduce_sums((1.5, 2, 6)) == (6.0, 8, 24)
+
+
+def test_distributed_sampler_without_padding_covers_each_sample_once():
+    from needle.data import DistributedSampler
+
+    for n, k in ((23, 4), (3, 5), (0, 2), (8, 2)):
+        shards = [DistributedSampler(n, k, r, shuffle=False, pad=False).indices().tolist()
+                  for r in range(k)]
+        assert sorted(sum(shards, [])) == list(range(n))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        assert [len(DistributedSampler(n, k, r, pad=False)) for r in range(k)] == \
+            list(map(len, shards))
 
 
 def test_mpiexec_command_finds_launcher():
@@ -353,7 +521,7 @@ def test_checkpoint_from_two_processes_resumes_in_one(tmp_path):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("fail_rank", [0, 1])
+@pytest.mark.parametrize("fail_rank", [0, 1, -1])
 def test_failing_rank_ends_the_job(fail_rank):
     mpiexec = _mpiexec(2)
     start = time.monotonic()
@@ -363,7 +531,9 @@ def test_failing_rank_ends_the_job(fail_rank):
     assert r.returncode != 0
     assert elapsed < 15
     out = r.stdout + r.stderr
-    assert f"rank {fail_rank} failed: RuntimeError: injected failure" in out
+    reporter = max(fail_rank, 0)  # when every rank fails, rank 0's report is the one
+    assert f"rank {reporter} failed: RuntimeError: injected failure" in out
+    assert out.count("failed: RuntimeError: injected failure") == 1, out
 
 
 # ---- the `needle train` command under mpiexec ---------------------------------------------------
@@ -381,16 +551,27 @@ def _needle_train(prefix, *flags):
 @pytest.mark.mpi
 def test_needle_train_under_mpiexec_and_resume_with_one_process(tmp_path):
     mpiexec = _mpiexec(2)
-    pytest.importorskip("tqdm")
     two, one = str(tmp_path / "two"), str(tmp_path / "one")
     r = _needle_train(mpiexec, "--epochs", "1", "--batch-size", "256", "--out", two)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("epoch   1") == 1 and r.stdout.count("done:") == 1  # rank 0 only
-    assert sorted(os.listdir(two)) == ["best.safetensors", "curves.png", "last.safetensors",
-                                       "metrics.jsonl"]
+    assert r.stdout.count("data parallel: 2 processes (MPI), 1 thread(s) each") == 1
+    assert {"best.safetensors", "curves.png", "last.safetensors", "metrics.jsonl"} <= \
+        set(os.listdir(two))
+    assert not [f for f in os.listdir(two) if "tmp" in f]  # written once, by rank 0
     with open(os.path.join(two, "metrics.jsonl")) as f:
         first = [line for line in f]
     assert len(first) == 1
+    # validation was sharded over the ranks and reduced: one process evaluating the whole set
+    # with the same weights gives the same metrics
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(HERE), "python"))
+    e = subprocess.run([sys.executable, "-m", "needle", "eval",
+                        os.path.join(two, "last.safetensors")], env=env, capture_output=True,
+                       text=True, timeout=TIMEOUT)
+    assert e.returncode == 0, e.stderr
+    ref, got = json.loads(e.stdout.strip().splitlines()[-1]), json.loads(first[0])
+    assert ref["eval_accuracy"] == got["eval_accuracy"]
+    assert abs(ref["eval_loss"] - got["eval_loss"]) < 1e-5
     r = _needle_train([], "--epochs", "2", "--batch-size", "256", "--out", one,
                       "--resume", os.path.join(two, "last.safetensors"))
     assert r.returncode == 0, r.stderr
@@ -406,8 +587,9 @@ def test_needle_train_bad_global_batch_aborts_every_rank(tmp_path):
     r = _needle_train(mpiexec, "--epochs", "1", "--batch-size", "255", "--out",
                       str(tmp_path / "x"))
     assert r.returncode != 0
-    assert "failed: --batch-size 255 is the global batch and must be a multiple of the 2" \
-        in r.stderr
+    message = "failed: --batch-size 255 is the global batch and must be a multiple of the 2"
+    assert r.stderr.count(message) == 1, r.stderr  # every rank fails; the job reports once
+    assert "needle: error" not in r.stderr
     assert not os.path.exists(tmp_path / "x" / "last.safetensors")
 
 

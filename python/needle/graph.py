@@ -17,10 +17,19 @@ def check_finite(op, data, where="forward"):
     arrays = data if isinstance(data, tuple) else (data,)
     for a in arrays:
         if a is not None and a.dtype.kind == "f" and not a.isfinite():
-            what = "an output" if where == "forward" else "a gradient (in its backward)"
+            what = {"forward": "an output",
+                    "backward": "a gradient (in its backward)",
+                    "backward-sum": "a gradient (its backward's partial summed with the "
+                                    "other partials of the same input)"}[where]
             raise FloatingPointError(
                 f"{op!r}: produced a non-finite value (nan or inf) in {what} of shape "
                 f"{a.shape} (anomaly detection is on)")
+
+
+LEAF_GRAD_HOOKS: List = []
+"""`fn(leaf, grad)` calls made by the fast backward the moment a leaf's gradient (an NDArray) is
+final, before `.grad` is assigned: data-parallel training starts each bucket's all-reduce
+there, while the rest of the backward runs."""
 
 
 class _TupleNode(tuple):
@@ -59,6 +68,8 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
             op = node.op
             if op is None:
                 leaves[node] = grad
+                for hook in LEAF_GRAD_HOOKS:
+                    hook(node, grad)
                 continue
             if op.array_rule:
                 partials = op.gradient_as_tuple(grad, _array_node(node))
@@ -66,7 +77,8 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                 wrapped = type(node).make_const(grad)  # a constant Tensor or TensorTuple
                 partials = [None if p is None else p.realize_cached_data()
                             for p in op.gradient_as_tuple(wrapped, node)]
-            if _MODE.detect_anomaly:
+            anomaly = _MODE.detect_anomaly
+            if anomaly:
                 for p in partials:
                     if p is not None:
                         check_finite(op, p, "backward")
@@ -76,10 +88,14 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                 prev = grads.get(inp)
                 if prev is None:
                     grads[inp] = partial
-                elif isinstance(prev, tuple):
-                    grads[inp] = tuple(a + b for a, b in zip(prev, partial))
+                    continue
+                if isinstance(prev, tuple):
+                    total = tuple(a + b for a, b in zip(prev, partial))
                 else:
-                    grads[inp] = prev + partial
+                    total = prev + partial
+                if anomaly:  # finite partials can overflow when summed (the graph path's add)
+                    check_finite(op, total, "backward-sum")
+                grads[inp] = total
     finally:
         _MODE.grad_enabled = saved
     return leaves
@@ -103,9 +119,13 @@ def reverse_pass(output, out_grad, create_graph, assign, stop=None):
             grad = grads.get(node) if not assign else grads.pop(node, None)
             if grad is None:
                 continue
-            if assign:
-                node.grad = grad
             op = node.op
+            if assign:
+                # A non-leaf's gradient graph reaches the node's users, which hold the node:
+                # keeping that graph on `node.grad` would make a reference cycle per node that
+                # only the garbage collector frees. Leaves keep the graph (x.grad.backward()).
+                node.grad = (grad if op is None
+                             else type(grad).make_const(grad.realize_cached_data()))
             if op is None or (stop is not None and node in stop):
                 continue
             partials = op.gradient_as_tuple(grad, node)

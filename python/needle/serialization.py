@@ -18,7 +18,8 @@ import numpy as np
 
 from .errors import CheckpointError
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "atomic_write_bytes", "save",
+           "load"]
 
 FORMAT = "needle-checkpoint"
 VERSION = 1
@@ -34,6 +35,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)  # mkstemp makes 0600; the file gets open()'s ordinary mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -143,3 +147,89 @@ def load_checkpoint(path: str) -> Checkpoint:
         rng_state = (rng["name"], tensors["rng/mt19937"], rng["pos"], rng["has_gauss"],
                      rng["cached_gaussian"])
     return Checkpoint(path, model_state, optimizer_state, rng_state, info.get("meta", {}))
+
+
+# ---- needle.save / needle.load (PyTorch's habit, as safetensors) ---------------------------
+SAVE_FORMAT = "needle-save"
+
+
+def _flatten_for_save(obj, prefix, tensors, plain, path):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str) or "/" in k:
+                raise CheckpointError(f"needle.save({path}): keys must be strings without '/', "
+                                      f"got {k!r}")
+            _flatten_for_save(v, f"{prefix}{k}/", tensors, plain, path)
+        if not obj and prefix:
+            plain[prefix[:-1]] = {}
+        return
+    name = prefix[:-1]
+    if hasattr(obj, "numpy") and hasattr(obj, "shape"):  # Tensor, NDArray
+        tensors[name] = np.ascontiguousarray(obj.numpy())
+    elif isinstance(obj, np.ndarray):
+        tensors[name] = np.ascontiguousarray(obj)
+    elif obj is None or isinstance(obj, (bool, int, float, str, list, tuple)):
+        try:
+            json.dumps(obj)
+        except TypeError:
+            raise CheckpointError(f"needle.save({path}): {name} holds a {type(obj).__name__} "
+                                  f"that is not JSON (only arrays, tensors, numbers, strings "
+                                  f"and lists of them are saved)") from None
+        plain[name] = obj
+    else:
+        hint = " (save model.state_dict() instead)" if hasattr(obj, "state_dict") else ""
+        raise CheckpointError(f"needle.save({path}): cannot save {name or 'the object'} of "
+                              f"type {type(obj).__name__}{hint}")
+
+
+def save(obj: Dict[str, Any], path: str) -> None:
+    """Save a state dict (name -> Tensor/NDArray/NumPy array), nested dicts of them, and plain
+    JSON values (epoch numbers, settings) to one safetensors file, atomically.
+
+    The argument order is PyTorch's (`torch.save(obj, path)`); nothing is pickled, so a
+    Module itself is refused: save `model.state_dict()`."""
+    from safetensors.numpy import save as st_save
+
+    if not isinstance(obj, dict):
+        hint = " (save model.state_dict())" if hasattr(obj, "state_dict") else ""
+        raise CheckpointError(f"needle.save({path}): expected a dict, got "
+                              f"{type(obj).__name__}{hint}")
+    tensors: Dict[str, np.ndarray] = {}
+    plain: Dict[str, Any] = {}
+    _flatten_for_save(obj, "", tensors, plain, path)
+    meta = {"format": SAVE_FORMAT, "version": VERSION, "plain": plain}
+    atomic_write_bytes(path, st_save(tensors, metadata={"needle": json.dumps(meta)}))
+
+
+def load(path: str) -> Dict[str, Any]:
+    """Read what `save` wrote: the same dict, with NumPy arrays where tensors were (what
+    `Module.state_dict()` returns and `Module.load_state_dict()` takes)."""
+    from safetensors.numpy import load as st_load
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CheckpointError(f"needle.load({path}): cannot read ({e.strerror})") from None
+    plain: Dict[str, Any] = {}
+    if len(data) >= 8:
+        (n,) = struct.unpack("<Q", data[:8])
+        try:
+            info = json.loads(json.loads(data[8:8 + n])["__metadata__"]["needle"])
+            if info.get("format") == SAVE_FORMAT:
+                plain = info.get("plain", {})
+        except (ValueError, KeyError, TypeError):
+            pass  # a plain safetensors file (e.g. written by PyTorch): tensors only
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"needle.load({path}): not a safetensors file ({e})") from None
+    out: Dict[str, Any] = {}
+    for name, value in list(tensors.items()) + list(plain.items()):
+        parts = name.split("/") if name else []
+        d = out
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        if parts:
+            d[parts[-1]] = value
+    return out

@@ -1,5 +1,6 @@
 """Run under `mpiexec -n 2` by tests/test_distributed.py: rank `--fail-rank` raises after the
-first all-reduce while the others block in the next one; the job must end, non-zero, at once.
+first all-reduce while the others block in the next one (-1: every rank raises); the job must
+end, non-zero, at once, and report the failure once.
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ def main():
     dist.init()
     dist.install_excepthook()
     dist.allreduce_array(np.ones(4))
-    if dist.rank() == args.fail_rank:
+    if args.fail_rank in (dist.rank(), -1):  # -1: every rank fails the same way
         raise RuntimeError("injected failure in the training step")
     dist.allreduce_array(np.ones(4))  # the other ranks would wait here forever
     dist.barrier()

@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..autograd import Tensor
+from .loader_workers import WorkerIterator
 
 
 class Dataset:
@@ -84,15 +85,32 @@ class DataLoader:
     start of every epoch and then increments `self.epoch`; `set_epoch(e)` sets the counter (for
     resuming).
 
+    `num_workers=N` (N >= 1) prepares batches in N worker processes, up to `prefetch_factor`
+    batches ahead per worker, while the loop trains (see `needle.data.loader_workers`): the
+    same batches in the same order as `num_workers=0` when the dataset draws no random
+    numbers; random transforms draw from a per-batch seed derived from NumPy's global RNG
+    state at `iter()` time, so augmentation is reproducible and the same for every N >= 1
+    (but not the draws `num_workers=0` makes, which share the stream with the loop). The
+    workers are stopped at the end of the epoch, on `break` (when the iterator is garbage
+    collected, or by its `close()`), on errors and on Ctrl-C. Worth it when fetching a batch
+    costs a noticeable part of a step (transforms in Python); each worker takes a core.
+
     >>> loader = DataLoader(NDArrayDataset(X, y), batch_size=128, shuffle=True)
     >>> for xb, yb in loader: ...
     """
 
     def __init__(self, dataset, batch_size: int = 1, shuffle: bool = False,
-                 drop_last: bool = False, sampler=None, device=None, dtype=None):
+                 drop_last: bool = False, sampler=None, device=None, dtype=None,
+                 num_workers: int = 0, prefetch_factor: int = 2):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, "
                              f"got {batch_size!r}")
+        if not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+            raise ValueError(f"DataLoader: num_workers must be an integer >= 0, "
+                             f"got {num_workers!r}")
+        if not isinstance(prefetch_factor, (int, np.integer)) or prefetch_factor < 1:
+            raise ValueError(f"DataLoader: prefetch_factor must be an integer >= 1, "
+                             f"got {prefetch_factor!r}")
         if sampler is not None and shuffle:
             raise ValueError("DataLoader: pass either shuffle=True or a sampler, not both "
                              "(the sampler decides the order)")
@@ -103,6 +121,8 @@ class DataLoader:
         self.sampler = sampler
         self.device = device
         self.dtype = np.dtype(dtype if dtype is not None else "float32")
+        self.num_workers = int(num_workers)
+        self.prefetch_factor = int(prefetch_factor)
         self.epoch = 0
         self._order = None
         self._starts = iter(())
@@ -136,6 +156,8 @@ class DataLoader:
         self._order = order
         n = len(order) if order is not None else len(self.dataset)
         stop = n - n % self.batch_size if self.drop_last else n
+        if self.num_workers > 0:
+            return WorkerIterator(self, order, range(0, stop, self.batch_size), n)
         self._starts = iter(range(0, stop, self.batch_size))
         self._n = n
         return self

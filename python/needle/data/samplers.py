@@ -13,12 +13,16 @@ class DistributedSampler:
     r + num_replicas, ... . Never touches numpy's global RNG. Call `set_epoch(e)` (the
     DataLoader does) to reshuffle each epoch.
 
+    `pad=False` (for evaluation) neither pads nor drops: rank r takes positions r,
+    r + num_replicas, ... of the n indices, so every sample is read exactly once and the shards'
+    lengths differ by at most one.
+
     >>> list(DistributedSampler(5, num_replicas=2, rank=1, shuffle=False))
     [1, 3, 0]
     """
 
     def __init__(self, dataset, num_replicas: int, rank: int, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False):
+                 seed: int = 0, drop_last: bool = False, pad: bool = True):
         n = dataset if isinstance(dataset, (int, np.integer)) else len(dataset)
         if num_replicas < 1:
             raise ValueError(f"DistributedSampler: num_replicas must be >= 1, "
@@ -32,8 +36,11 @@ class DistributedSampler:
         self.shuffle = shuffle
         self.seed = int(seed)
         self.drop_last = drop_last
+        self.pad = pad
         self.epoch = 0
-        if drop_last:
+        if not pad:
+            self.num_samples = len(range(self.rank, self.n, self.num_replicas))
+        elif drop_last:
             self.num_samples = self.n // self.num_replicas
         else:
             self.num_samples = -(-self.n // self.num_replicas)
@@ -48,6 +55,8 @@ class DistributedSampler:
             order = np.random.default_rng(self.seed + self.epoch).permutation(self.n)
         else:
             order = np.arange(self.n)
+        if not self.pad:
+            return order[self.rank::self.num_replicas].astype(np.int64)
         if self.total_size > self.n:
             if self.n == 0:
                 order = np.zeros(0, dtype=np.int64)

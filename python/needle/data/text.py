@@ -82,9 +82,14 @@ class Corpus:
             raise DataNotFoundError(f"Corpus: directory {base_dir!r} does not exist")
         self.train = self.tokenize(os.path.join(base_dir, "train.txt"), max_lines)
         valid_path = os.path.join(base_dir, "valid.txt")
+        test_path = os.path.join(base_dir, "test.txt")
+        if not os.path.isfile(valid_path) and not os.path.isfile(test_path):
+            raise DataNotFoundError(f"Corpus: {base_dir!r} holds neither valid.txt nor "
+                                    f"test.txt (one of them is needed besides train.txt)")
         if os.path.isfile(valid_path):
             self.valid = self.tokenize(valid_path, max_lines)
-        self.test = self.tokenize(os.path.join(base_dir, "test.txt"), max_lines)
+        if os.path.isfile(test_path):
+            self.test = self.tokenize(test_path, max_lines)
 
     def tokenize(self, path: str, max_lines: int | None = None) -> list[int]:
         """Ids of the tokens of the first `max_lines` lines of `path`, growing the dictionary."""

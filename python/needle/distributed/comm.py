@@ -42,11 +42,12 @@ __all__ = [
     "init", "is_initialized", "is_distributed", "rank", "world_size", "is_main_process",
     "barrier", "get_comm", "allreduce_array", "broadcast_object", "allgather_object",
     "install_excepthook", "abort", "abort_on_error", "mpiexec_command", "comm_stats",
-    "reset_comm_stats", "DEFAULT_BUCKET_BYTES",
+    "reset_comm_stats", "DEFAULT_BUCKET_BYTES", "local_world_size", "set_threads_per_rank",
 ]
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # as PyTorch DDP: few calls, overlap-friendly sizes
 ABORT_GRACE_SECONDS = 0.5  # before MPI_Abort, for the launcher to forward stderr
+REPORT_DELAY_SECONDS = 1.0  # rank r > 0 waits min(r, 8) times this before reporting a failure
 
 # Environment variables that MPI launchers set in every process they start (MPICH/Hydra,
 # Open MPI, PMIx, Intel MPI, MVAPICH, Slurm's srun with PMI).
@@ -165,7 +166,8 @@ def abort(code: int = 1) -> None:
 def install_excepthook() -> None:
     """Make an uncaught exception on any rank end the whole job within seconds.
 
-    The hook prints `rank R failed: <traceback>` to stderr and calls `MPI_Abort`, so the other
+    The hook prints `rank R failed: <traceback>` to stderr (once per job when every rank fails
+    the same way, see `_report_and_abort`) and calls `MPI_Abort`, so the other
     ranks (possibly blocked in a collective) are killed instead of waiting forever and
     `mpiexec` exits non-zero. No-op with one process.
     """
@@ -177,9 +179,7 @@ def install_excepthook() -> None:
         if issubclass(exc_type, KeyboardInterrupt):
             previous(exc_type, exc, tb)
         text = "".join(traceback.format_exception(exc_type, exc, tb))
-        sys.stderr.write(f"rank {rank()} failed: {exc_type.__name__}: {exc}\n{text}")
-        sys.stderr.flush()
-        abort(1)
+        _report_and_abort(f"rank {rank()} failed: {exc_type.__name__}: {exc}\n{text}", 1)
 
     sys.excepthook = hook
 
@@ -197,6 +197,60 @@ def mpiexec_command(n: int, python: Optional[str] = None) -> List[str]:
             return [exe, "-n", str(int(n))]
     raise FileNotFoundError("needle.distributed.mpiexec_command: no mpiexec found beside "
                             f"{sys.executable} or on PATH; pip install 'needle[mpi]'")
+
+
+THREAD_VARS = ("NEEDLE_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+               "MKL_NUM_THREADS")
+
+
+def local_world_size() -> int:
+    """The number of this job's processes on this machine (1 in a plain process)."""
+    if not is_distributed():
+        return 1
+    if "local_size" not in _state:
+        local = _state["comm"].Split_type(_state["MPI"].COMM_TYPE_SHARED)
+        _state["local_size"] = local.Get_size()
+        local.Free()
+    return _state["local_size"]
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads_per_rank(threads: Optional[int] = None) -> int:
+    """Give every process of the job its share of this machine's cores; returns the count.
+
+    Sets the BLAS threads (through threadpoolctl, when installed) and the CPU device's own
+    threads to `threads`, by default the usable cores divided by the job's processes on this
+    machine (at least 1): two processes with a thread per core each would oversubscribe the
+    cores and run slower than one. When `threads` is None and the environment sets a thread
+    count (`NEEDLE_NUM_THREADS`, `OMP_NUM_THREADS`, ...), that count stays and is returned.
+    Call it on every rank (it asks MPI which processes share the machine).
+    """
+    from ..backend_ndarray import cpu  # noqa: PLC0415 (the device is not needed to import comm)
+
+    local = local_world_size()
+    if threads is None:
+        for var in THREAD_VARS:
+            value = os.environ.get(var, "").strip()
+            if value.isdigit() and int(value) > 0:
+                return int(value)
+        threads = max(1, _usable_cores() // local)
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"set_threads_per_rank: need at least 1 thread, got {threads}")
+    try:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415 (optional)
+    except ImportError:
+        pass
+    else:
+        threadpool_limits(limits=threads, user_api="blas")
+    cpu().set_num_threads(threads)
+    return threads
 
 
 # ---- collectives ---------------------------------------------------------------------------
@@ -239,14 +293,28 @@ def allgather_object(obj: Any) -> List[Any]:
 # ---- errors ------------------------------------------------------------------------------
 
 def abort_on_error(message: str, code: int = 2) -> None:
-    """In a job of several processes, report `rank R failed: message` and end every rank.
+    """In a job of several processes, report `rank R failed: message` once and end every rank.
 
     For errors a caller has already caught (the CLI turns bad input into exit status 2): one
     rank returning while the others wait in a collective would hang the job. No-op otherwise.
     """
     if _state["comm"] is None or _state["size"] < 2:
         return
-    sys.stderr.write(f"rank {_state['rank']} failed: {message}\n")
+    _report_and_abort(f"rank {_state['rank']} failed: {message}\n", code)
+
+
+def _report_and_abort(text: str, code: int) -> None:
+    """Write `text` to stderr and end the job, so that an error every rank meets is read once.
+
+    Rank 0 reports at once and aborts `ABORT_GRACE_SECONDS` later, which kills the others;
+    rank r > 0 first waits `min(r, 8) * REPORT_DELAY_SECONDS`. So when the same error hits
+    every rank (a bad flag, a missing file), only rank 0's report appears, and a rank that
+    fails alone still reports (the lowest failing rank first) before it ends the job.
+    """
+    r = _state["rank"]
+    if r > 0:
+        time.sleep(min(r, 8) * REPORT_DELAY_SECONDS)
+    sys.stderr.write(text)
     sys.stderr.flush()
     abort(code)
 

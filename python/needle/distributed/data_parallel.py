@@ -2,13 +2,14 @@
 DistributedDataParallel and the per-rank data sampler (imports autograd, not nn)."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from ..autograd import Tensor
 from . import comm as _comm
 from .comm import DEFAULT_BUCKET_BYTES, init, is_distributed, rank, world_size
+from .overlap import OVERLAP_BUCKET_BYTES, GradientReducer
 
 __all__ = ["broadcast_parameters", "allreduce_gradients", "DistributedDataParallel",
            "distributed_sampler", "gradient_bytes"]
@@ -105,18 +106,26 @@ class DistributedDataParallel:
 
     On construction, rank 0's parameters and buffers are broadcast to every rank. Calling the
     wrapper runs the module; after `loss.backward()`, call `allreduce_gradients()` (the
-    trainer's after-backward hook does) before the optimizer step. Attributes not found on the
+    trainer's after-backward hook does) before the optimizer step; with `overlap=True` the
+    all-reduce of each bucket starts during the fast backward (`GradientReducer`), with
+    `overlap=False` all of it runs in that call. `bucket_bytes` defaults to 1 MiB with
+    overlap (buckets must be a fraction of the model to start early), 25 MiB without (fewest
+    calls). Attributes not found on the
     wrapper (parameters(), train(), state_dict(), ...) come from the wrapped `module`, so
     checkpoints have the same keys as the plain model's.
     """
 
-    def __init__(self, module, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
-                 broadcast: bool = True):
+    def __init__(self, module, bucket_bytes: Optional[int] = None, broadcast: bool = True,
+                 overlap: bool = True):
         init()
         self.module = module
-        self.bucket_bytes = int(bucket_bytes)
+        default = OVERLAP_BUCKET_BYTES if overlap else DEFAULT_BUCKET_BYTES
+        self.bucket_bytes = int(bucket_bytes or default)
         if broadcast:
             broadcast_parameters(module)
+        self.reducer = None
+        if overlap and is_distributed():
+            self.reducer = GradientReducer(module.parameters(), self.bucket_bytes)
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)
@@ -124,7 +133,12 @@ class DistributedDataParallel:
     forward = __call__
 
     def allreduce_gradients(self) -> None:
-        allreduce_gradients(self.module, self.bucket_bytes)
+        """Average the gradients over ranks; with `overlap` (the default) the buckets whose
+        gradients the fast backward finished early are already on their way."""
+        if self.reducer is not None:
+            self.reducer.finish()
+        else:
+            allreduce_gradients(self.module, self.bucket_bytes)
 
     def __getattr__(self, name):
         if name == "module":  # not yet set: avoid recursion during unpickling

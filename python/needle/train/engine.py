@@ -14,7 +14,6 @@ Nothing here prints; the CLI passes callbacks (`on_batch`, `on_epoch`) for progr
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,12 +26,17 @@ from ..autograd import no_grad
 from ..data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
 from ..data.data_basic import NDArrayDataset
 from ..data.data_transforms import RandomCrop, RandomFlipHorizontal
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..serialization import load_checkpoint, save_checkpoint
+from .run_config import apply_resume_config, check_data_matches, check_finite_record
+from .run_config import data_signature, run_config
+from .run_files import TensorBoardLog, plot_curves, remove_stale_temps, write_metrics
+from .transfer import freeze_parameters, init_from_checkpoint
 
 __all__ = [
     "DatasetInfo", "Task", "ClassificationTask", "Trainer", "DATASETS", "MODELS", "TASKS",
     "TRAINER_PLUGINS", "register_dataset", "register_model", "run_training", "evaluate_checkpoint",
+    "prepare_run", "DivergedError",
 ]
 
 
@@ -98,7 +102,8 @@ class ClassificationTask(Task):
         self.loss_fn = nn.SoftmaxLoss()
 
     def loaders(self, info, args):
-        train = DataLoader(info.train, batch_size=args.batch_size, shuffle=True)
+        train = DataLoader(info.train, batch_size=args.batch_size, shuffle=True,
+                           num_workers=int(getattr(args, "workers", 0) or 0))
         evaluate = DataLoader(info.eval, batch_size=max(args.batch_size, 1000), shuffle=False)
         return train, evaluate
 
@@ -133,9 +138,16 @@ class Trainer:
         self.scheduler = scheduler
         self.after_backward: List[Callable[["Trainer"], None]] = []
         self.on_batch: List[Callable[..., None]] = []
+        # (loss_sum, correct, n) -> the same summed over every process evaluating a shard
+        self.reduce_eval_sums: Optional[Callable[[tuple], tuple]] = None
+        self.world_size = 1  # processes training together (set by the data-parallel plugin)
         self.is_main = True
         self.epoch = 0
         self.global_step = 0
+        # fn(trainer) -> a reason to stop (e.g. "--max-steps 100 reached") or None, after
+        # every step; the epoch then ends early and `stopped` holds the reason
+        self.stop_check: Optional[Callable[["Trainer"], Optional[str]]] = None
+        self.stopped: Optional[str] = None
 
     def train_epoch(self) -> Dict[str, float]:
         model, opt, task = self.model, self.optimizer, self.task
@@ -156,6 +168,10 @@ class Trainer:
             n_sum += n
             for cb in self.on_batch:
                 cb(self, value, n, correct)
+            if self.stop_check is not None:
+                self.stopped = self.stop_check(self)
+                if self.stopped is not None:
+                    break
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch += 1
@@ -172,6 +188,8 @@ class Trainer:
                 loss_sum += float(loss.realize_cached_data().item()) * n
                 correct_sum += correct
                 n_sum += n
+        if data is None and self.reduce_eval_sums is not None:  # eval_data is a shard
+            loss_sum, correct_sum, n_sum = self.reduce_eval_sums((loss_sum, correct_sum, n_sum))
         return task.metrics(loss_sum, correct_sum, n_sum)
 
 
@@ -225,67 +243,80 @@ def mlp_resnet(info: DatasetInfo, args) -> nn.Module:
 def _build(args):
     info = DATASETS[args.dataset](args)
     model = MODELS[args.model](info, args)
+    report = {"init_loaded": None, "init_skipped": None, "frozen": []}
+    if getattr(args, "init_from", None) and not getattr(args, "resume", None):
+        report["init_loaded"], report["init_skipped"] = init_from_checkpoint(model,
+                                                                             args.init_from)
+    if getattr(args, "freeze", None):
+        report["frozen"] = freeze_parameters(model, args.freeze)
+    args.transfer_report = report
+    params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = optim.OPTIMIZERS[args.optimizer]
-    optimizer = opt_cls(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = opt_cls(params, lr=args.lr, weight_decay=args.weight_decay)
     task = TASKS[info.task]()
     train_data, eval_data = task.loaders(info, args)
     return info, model, optimizer, task, train_data, eval_data
 
 
 def _scheduler(optimizer: optim.Optimizer, args):
-    """--schedule: None (constant) or a per-epoch CosineAnnealing over --epochs."""
+    """--schedule: None (constant) or a per-epoch CosineAnnealing over --epochs; with
+    --warmup-epochs W, a linear ramp over the first W epochs in front (lr (t+1)/(W+1) of
+    --lr in epoch t < W), then the schedule over the remaining epochs."""
     schedule = getattr(args, "schedule", None) or "constant"
-    if schedule == "constant":
-        return None
-    if schedule == "cosine":
-        return optim.CosineAnnealing(optimizer, T_max=args.epochs)
-    raise ConfigError(f"--schedule: unknown schedule {schedule!r} (constant, cosine)")
+    warmup = getattr(args, "warmup_epochs", None) or 0
+    if schedule not in ("constant", "cosine"):
+        raise ConfigError(f"--schedule: unknown schedule {schedule!r} (constant, cosine)")
+    if warmup and warmup >= args.epochs:
+        raise ConfigError(f"--warmup-epochs {warmup} must be fewer than --epochs "
+                          f"{args.epochs}")
+    after = (optim.CosineAnnealing(optimizer, T_max=args.epochs - warmup)
+             if schedule == "cosine" else None)
+    if not warmup:
+        return after
+    return optim.LinearWarmup(optimizer, warmup, after=after, start_factor=1 / (warmup + 1))
 
 
 def _config(args) -> Dict[str, Any]:
-    keys = ("model", "dataset", "data_dir", "hidden_dim", "optimizer", "lr", "weight_decay",
-            "batch_size", "epochs", "seed", "schedule", "augment",
-            "bptt", "clip", "num_layers", "embedding_dim")  # language-model options
-    return {k: getattr(args, k, None) for k in keys}
+    return run_config(args)
 
 
-def _plot(path: str, history: List[Dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key in zip(axes, ("loss", "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"eval_{key}"] for h in history], "s-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.legend()
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+class DivergedError(UserError, FloatingPointError):
+    """An epoch's loss or metrics came out nan or inf (too high a learning rate, usually)."""
 
 
-def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str, Any]:
-    """Train as `needle train` does; write OUT/metrics.jsonl, curves.png, best and last.
+def _stop_check(args, t_start: float) -> Optional[Callable[["Trainer"], Optional[str]]]:
+    """The per-step check of --max-steps / --max-time: the reason to stop, or None."""
+    max_steps, max_time = getattr(args, "max_steps", None), getattr(args, "max_time", None)
+    if max_steps is None and max_time is None:
+        return None
 
-    Callbacks: `on_start(trainer, start_epoch)`, `on_batch(trainer, loss, n, correct)`,
-    `on_epoch(trainer, record)`. Returns the last epoch's record.
-    """
+    def check(trainer):
+        if max_steps is not None and trainer.global_step >= max_steps:
+            return f"--max-steps {max_steps} reached"
+        if max_time is not None and time.perf_counter() - t_start >= max_time:
+            return f"--max-time {max_time:g}s reached"
+        return None
+    return check
+
+
+def prepare_run(args):
+    """Build (info, trainer, checkpoint or None, extended_from) for `args`; with --resume the
+    model is rebuilt from the checkpoint's stored configuration (see run_config)."""
+    out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    ckpt, extended_from = None, None
+    if getattr(args, "resume", None):
+        ckpt = load_checkpoint(args.resume)
+        extended_from = apply_resume_config(args, ckpt.meta, args.resume)
     init.manual_seed(args.seed)
     info, model, optimizer, task, train_data, eval_data = _build(args)
     trainer = Trainer(model, optimizer, task, train_data, eval_data,
                       scheduler=_scheduler(optimizer, args))
     for plugin in TRAINER_PLUGINS:
         plugin(trainer, args)
-    history: List[Dict[str, Any]] = []
-    if args.resume:
-        ckpt = load_checkpoint(args.resume)
+    if ckpt is not None:
+        check_data_matches(args.resume, ckpt.meta, info, ckpt.model_state, model)
         model.load_state_dict(ckpt.model_state)
         if ckpt.optimizer_state is not None:
             optimizer.load_state_dict(ckpt.optimizer_state)
@@ -293,58 +324,118 @@ def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str,
             init.set_rng_state(ckpt.rng_state)
         trainer.epoch = int(ckpt.meta.get("epoch", 0))
         trainer.global_step = int(ckpt.meta.get("global_step", 0))
-        history = list(ckpt.meta.get("history", []))
         if trainer.scheduler is not None:  # the lr of the epoch we resume at
             trainer.scheduler.last_step = trainer.epoch
             optimizer.lr = trainer.scheduler.lr_at(trainer.epoch)
         for loader in (trainer.train_data,):
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(trainer.epoch)
+    return info, trainer, ckpt, extended_from
+
+
+def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str, Any]:
+    """Train as `needle train` does; write OUT/metrics.jsonl, metrics.csv, curves.png,
+    best.safetensors and last.safetensors (and OUT/tensorboard with `--log tensorboard`).
+
+    Callbacks: `on_start(trainer, start_epoch)`, `on_batch(trainer, loss, n, correct)`,
+    `on_epoch(trainer, record)`. Returns the last epoch's record; the run's summary (best
+    epoch, why it stopped, whether a plot was written) is in `args.run_summary`.
+    A record with a nan/inf metric raises DivergedError before any checkpoint is replaced.
+    """
+    t_start = time.perf_counter()
+    info, trainer, ckpt, extended_from = prepare_run(args)
+    model, optimizer, task = trainer.model, trainer.optimizer, trainer.task
+    history: List[Dict[str, Any]] = list(ckpt.meta.get("history", [])) if ckpt else []
     out = args.out
-    metrics_path = os.path.join(out, "metrics.jsonl")
+    tb = None
     if trainer.is_main:
-        os.makedirs(out, exist_ok=True)
-        with open(metrics_path, "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
+        os.makedirs(out, exist_ok=True)  # files are written once an epoch has finished
+        if "tensorboard" in (getattr(args, "log", None) or ()):
+            tb = TensorBoardLog(out, purge_step=trainer.global_step + 1 if ckpt else None)
     if on_batch is not None:
         trainer.on_batch.append(on_batch)
+    if tb is not None:
+        trainer.on_batch.append(lambda t, loss, n, correct: tb.step(t.global_step, loss))
+    trainer.stop_check = _stop_check(args, t_start)
+    summary = {"extended_from": extended_from, "stopped": None, "plot": None,
+               "model_name": args.model, "dataset": info.name, "trainer": trainer}
+    args.run_summary = summary
     if on_start is not None:
         on_start(trainer, trainer.epoch)
     key = f"eval_{task.primary_metric}"
-    best = max((h[key] for h in history), default=None) if history else None
+    better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
+    best = None
+    for h in history:
+        if best is None or better(h[key], best[key]):
+            best = h
     record: Dict[str, Any] = history[-1] if history else {}
-    while trainer.epoch < args.epochs:
-        t0 = time.perf_counter()
-        lr = optimizer.lr  # the rate this epoch trains at (a scheduler moves it at the end)
-        train_metrics = trainer.train_epoch()
-        eval_metrics = trainer.evaluate()
-        record = {"epoch": trainer.epoch, **{f"train_{k}": v for k, v in train_metrics.items()},
-                  **{f"eval_{k}": v for k, v in eval_metrics.items()},
-                  "seconds": round(time.perf_counter() - t0, 3), "lr": lr}
-        history.append(record)
-        improved = best is None or (record[key] > best if task.higher_is_better
-                                    else record[key] < best)
-        if improved:
-            best = record[key]
-        if trainer.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            meta = {"epoch": trainer.epoch, "global_step": trainer.global_step,
-                    "config": _config(args), "history": history, "metrics": record}
-            save_checkpoint(os.path.join(out, "last.safetensors"), model, optimizer, meta=meta)
+    patience = getattr(args, "early_stopping", None)
+    best_state = None  # the best epoch's weights, restored when early stopping ends the run
+    if patience and best is not None and ckpt is not None and best is not history[-1]:
+        best_state = load_checkpoint(os.path.join(out, "best.safetensors")).model_state \
+            if os.path.isfile(os.path.join(out, "best.safetensors")) else None
+    title = f"{os.path.basename(os.path.abspath(out))}: {args.model} on {info.name}"
+    try:
+        while trainer.epoch < args.epochs and summary["stopped"] is None:
+            t0 = time.perf_counter()
+            lr = optimizer.lr  # the rate this epoch trains at (a scheduler moves it at the end)
+            train_metrics = trainer.train_epoch()
+            eval_metrics = trainer.evaluate()
+            record = {"epoch": trainer.epoch,
+                      **{f"train_{k}": v for k, v in train_metrics.items()},
+                      **{f"eval_{k}": v for k, v in eval_metrics.items()},
+                      "seconds": round(time.perf_counter() - t0, 3), "lr": lr,
+                      "step": trainer.global_step}
+            if trainer.stopped is not None:
+                summary["stopped"] = trainer.stopped
+                record["stopped"] = trainer.stopped
+            bad = check_finite_record(record)
+            if bad is not None:
+                kept = (f"{out}/last.safetensors keeps epoch {history[-1]['epoch']}"
+                        if history else "no checkpoint written")
+                raise DivergedError(f"epoch {record['epoch']}: {bad}; stopped before "
+                                    f"writing checkpoints ({kept}); try a smaller --lr")
+            history.append(record)
+            improved = best is None or better(record[key], best[key])
             if improved:
-                save_checkpoint(os.path.join(out, "best.safetensors"), model, optimizer,
-                                meta=meta)
-            _plot(os.path.join(out, "curves.png"), history)
-        if on_epoch is not None:
-            on_epoch(trainer, record)
+                best = record
+                if patience:
+                    best_state = model.state_dict()
+            elif patience and record["epoch"] - best["epoch"] >= patience and \
+                    summary["stopped"] is None:
+                summary["stopped"] = record["stopped"] = (
+                    f"--early-stopping {patience}: no better validation {task.primary_metric} "
+                    f"in {patience} epochs since epoch {best['epoch']}")
+            if trainer.is_main:
+                write_metrics(out, history)
+                meta = {"epoch": trainer.epoch, "global_step": trainer.global_step,
+                        "config": _config(args), "data": data_signature(info),
+                        "history": history, "metrics": record}
+                for name in ("last.safetensors",) + (("best.safetensors",) if improved else ()):
+                    remove_stale_temps(out, name)
+                    save_checkpoint(os.path.join(out, name), model, optimizer, meta=meta)
+                summary["plot"] = plot_curves(os.path.join(out, "curves.png"), history, title)
+                if tb is not None:
+                    tb.epoch(record)
+            if on_epoch is not None:
+                on_epoch(trainer, record)
+    finally:
+        if tb is not None:
+            tb.close()
+    if patience and summary["stopped"] and best_state is not None and \
+            summary["stopped"].startswith("--early-stopping"):
+        model.load_state_dict(best_state)  # the model ends with the best epoch's weights
+        summary["restored"] = best["epoch"]
+    summary["best"] = best
+    summary["metric"] = task.primary_metric
     return record
 
 
 def evaluate_checkpoint(path: str, args) -> Dict[str, Any]:
     """Rebuild the model saved in `path`, load its weights and evaluate it.
 
-    `args.dataset` / `args.data_dir` override the checkpoint's own when not None.
+    `args.dataset` / `args.data_dir` override the checkpoint's own when not None; a dataset
+    that does not fit the checkpoint (other inputs or classes) raises ConfigError.
     """
     ckpt = load_checkpoint(path)
     config = dict(ckpt.meta.get("config", {}))
@@ -357,6 +448,7 @@ def evaluate_checkpoint(path: str, args) -> Dict[str, Any]:
     run_args = _Namespace(**config)
     info = DATASETS[run_args.dataset](run_args)
     model = MODELS[run_args.model](info, run_args)
+    check_data_matches(path, ckpt.meta, info, ckpt.model_state, model)
     model.load_state_dict(ckpt.model_state)
     task = TASKS[info.task]()
     run_args.batch_size = run_args.batch_size or 128
