@@ -255,3 +255,23 @@ def test_activations_match_torch(name, tmod):
     y.sum().backward()
     np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), atol=1e-10)
     np.testing.assert_allclose(X.grad.numpy(), tx.grad.numpy(), atol=1e-10)
+
+
+@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (1, 1)])
+def test_memory_efficient_conv_recomputes_im2col(k, stride):
+    """`nn.Conv(memory_efficient=True)` keeps no im2col matrix for the backward (nor does
+    any 1x1 stride-1 conv, whose matrix is its input) and gives the same gradients."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    grads = []
+    for efficient in (False, True):
+        np.random.seed(0)
+        conv = ndl.nn.Conv(3, 4, k, stride=stride, memory_efficient=efficient)
+        xt = ndl.Tensor(x)
+        out = conv(xt)
+        saved = out.op._saved
+        assert (saved is None) == (efficient or k == 1), (efficient, k)
+        (out * out).sum().backward()
+        grads.append([xt.grad.numpy(), conv.weight.grad.numpy(), conv.bias.grad.numpy()])
+    for a, b in zip(*grads):
+        np.testing.assert_array_equal(a, b)

@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import needle as ndl
 from needle import init
@@ -80,3 +81,70 @@ def test_manual_seed_and_rng_state_reproduce():
 def test_unknown_nonlinearity():
     with pytest.raises(ValueError, match="nonlinearity"):
         init.kaiming_uniform(3, 4, nonlinearity="swish")
+
+
+# ---- course dtypes (needle_api.md section 0, fact 2) ---------------------------------------------
+def test_lists_and_scalars_take_numpy_dtype_on_cpu():
+    for value in ([[1.0, 2.0]], 3.5, [1, 2, 3], [True, False], np.float32(2.0)):
+        t = ndl.Tensor(value)
+        assert t.dtype == np.asarray(value).dtype, value
+        np.testing.assert_array_equal(t.numpy(), np.asarray(value))
+    assert ndl.Tensor([1.0, 2.0], dtype="float32").dtype == "float32"
+    assert ndl.Tensor(np.ones(3, dtype=np.float32)).dtype == "float32"
+    # hw1-style finite differences at eps 1e-4 hold to 1e-6 only in float64
+    x = ndl.Tensor([[0.3, -1.2], [2.0, 0.7]])
+    y = (ndl.ops.exp(x) * x).sum()
+    y.backward()
+    eps = 1e-4
+    xv = np.array([[0.3, -1.2], [2.0, 0.7]])
+    num = np.zeros_like(xv)
+    for idx in np.ndindex(*xv.shape):
+        d = np.zeros_like(xv)
+        d[idx] = eps
+        num[idx] = ((np.exp(xv + d) * (xv + d)).sum() - (np.exp(xv - d) * (xv - d)).sum()) / (
+            2 * eps)
+    np.testing.assert_allclose(x.grad.numpy(), num, rtol=1e-6, atol=1e-6)
+
+
+def test_needle_made_values_stay_float32():
+    assert init.rand(2, 3).dtype == "float32"
+    assert init.zeros(2).dtype == "float32" and init.ones(2, 2).dtype == "float32"
+    assert ndl.nn.Linear(3, 2).weight.dtype == "float32"
+    x32 = ndl.Tensor(np.ones((2, 3), dtype=np.float32))
+    for y in (x32 + 1.5, x32 * 2, x32 / 3.0, x32 ** 2, 2.0 - x32):
+        assert y.dtype == "float32"
+
+
+@pytest.mark.parametrize("kind", ["matmul", "linear", "conv", "layer"])
+def test_float64_input_through_float32_weights_promotes_like_torch(kind):
+    rng = np.random.RandomState(0)
+    if kind == "conv":
+        x, w = rng.randn(2, 3, 5, 5), rng.randn(3, 3, 3, 4).astype(np.float32)
+        X, W = ndl.Tensor(x), ndl.Tensor(w)
+        y = ndl.nn.functional_conv.conv2d(X, W, padding=1)
+        tx, tw = torch_tensor(x), torch_tensor(w.astype(np.float64))
+        ty = torch.nn.functional.conv2d(tx, tw.permute(3, 2, 0, 1), padding=1)
+    elif kind == "layer":
+        np.random.seed(0)
+        layer = ndl.nn.Linear(4, 3)
+        x = rng.randn(5, 4)
+        X, W = ndl.Tensor(x), layer.weight
+        y = layer(X)
+        tx, tw = torch_tensor(x), torch_tensor(layer.weight.numpy().astype(np.float64))
+        ty = tx @ tw + torch.tensor(layer.bias.numpy().astype(np.float64))
+    else:
+        x, w = rng.randn(5, 4), rng.randn(4, 3).astype(np.float32)
+        X, W = ndl.Tensor(x), ndl.Tensor(w)
+        y = X @ W if kind == "matmul" else ndl.ops.linear(X, W)
+        tx, tw = torch_tensor(x), torch_tensor(w.astype(np.float64))
+        ty = tx @ tw
+    assert y.dtype == "float64"
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-12, atol=1e-12)
+    (y * y).sum().backward()
+    (ty * ty).sum().backward()
+    np.testing.assert_allclose(X.grad.numpy(), tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(W.grad.numpy(), tw.grad.numpy(), rtol=1e-10, atol=1e-10)
+
+
+def torch_tensor(a):
+    return torch.tensor(a, requires_grad=True)

@@ -135,7 +135,8 @@ def test_softmax_loss_and_mse_vs_torch():
 
 @pytest.mark.parametrize("layer,tfn", [
     (nn.ReLU(), torch.relu), (nn.Tanh(), torch.tanh), (nn.Sigmoid(), torch.sigmoid),
-    (nn.GELU(), lambda t: torch.nn.functional.gelu(t, approximate="tanh")),
+    (nn.GELU(approximate="tanh"), lambda t: torch.nn.functional.gelu(t, approximate="tanh")),
+    (nn.GELU(), torch.nn.functional.gelu),
     (nn.Identity(), lambda t: t)])
 def test_activations_vs_torch(layer, tfn):
     x = np.random.RandomState(6).randn(5, 4).astype(np.float32)
@@ -183,3 +184,22 @@ def test_module_walks_lists_dicts_tuples_and_modes():
     state["pair.0"] = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="pair.0"):
         m.load_state_dict(state)
+
+
+def test_exact_gelu_and_erf_float64_vs_torch():
+    """erf and exact GELU, values and first and second derivatives, at float64 tolerance on
+    points spanning both branches of erf's kernel (series below |x| = 2, fraction above)."""
+    x = np.concatenate([np.linspace(-6.5, 6.5, 131), np.random.RandomState(8).randn(40)])
+    for fn, tfn in ((ndl.ops.erf, torch.erf), (nn.GELU(), torch.nn.functional.gelu)):
+        X, tx = ndl.Tensor(x), torch.tensor(x, requires_grad=True)
+        y, ty = fn(X), tfn(tx)
+        assert y.dtype == "float64"
+        np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-13, atol=1e-15)
+        (g,) = ndl.autograd.gradients(y.sum(), [X])
+        (tg,) = torch.autograd.grad(ty.sum(), tx, create_graph=True)
+        np.testing.assert_allclose(g.numpy(), tg.detach().numpy(), rtol=1e-12, atol=1e-15)
+        (gg,) = ndl.autograd.gradients(g.sum(), [X])
+        (tgg,) = torch.autograd.grad(tg.sum(), tx)
+        np.testing.assert_allclose(gg.numpy(), tgg.numpy(), rtol=1e-11, atol=1e-14)
+    with pytest.raises(ValueError, match="GELU"):
+        nn.GELU(approximate="erf")

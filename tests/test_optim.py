@@ -204,3 +204,85 @@ def test_linear_warmup_then_cosine():
     opt = optim.SGD([nn.Parameter(ndl.Tensor(W0))], lr=0.1)
     np.testing.assert_allclose(_lrs(optim.LinearWarmup(opt, 3, start_factor=0.25), opt, 5),
                                theirs, rtol=1e-12)
+
+
+def test_clip_grad_value_matches_torch():
+    w, b = nn.Parameter(ndl.Tensor(W0.copy())), nn.Parameter(ndl.Tensor(B0.copy()))
+    tw, tb = torch.tensor(W0.copy(), requires_grad=True), torch.tensor(B0.copy(),
+                                                                       requires_grad=True)
+    d = ndl.Tensor(X, requires_grad=False) @ w + b
+    (d * d).sum().backward()
+    ((torch.tensor(X) @ tw + tb) ** 2).sum().backward()
+    before = w.grad.numpy().copy()
+    optim.clip_grad_value([w, b], 2.5)
+    torch.nn.utils.clip_grad_value_([tw, tb], 2.5)
+    assert np.abs(before).max() > 2.5  # the clip changed something
+    np.testing.assert_allclose(w.grad.numpy(), tw.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.grad.numpy(), tb.grad.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="clip_grad_value"):
+        optim.clip_grad_value([w], -1.0)
+
+
+def _plateau_metrics(n=40, seed=0):
+    """A noisy loss that improves, stalls and improves again (each branch of the rule)."""
+    rng = np.random.RandomState(seed)
+    trend = np.concatenate([np.linspace(1.0, 0.5, 10), np.full(15, 0.5),
+                            np.linspace(0.5, 0.3, 15)])[:n]
+    return list(trend + 0.01 * rng.rand(n))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(patience=4),
+    dict(mode="min", factor=0.5, patience=2, threshold=1e-3, cooldown=1, min_lr=0.004),
+    dict(mode="min", factor=0.3, patience=1, threshold=0.01, threshold_mode="abs"),
+    dict(mode="max", factor=0.5, patience=3, threshold=1e-2, cooldown=2),
+    dict(mode="max", factor=0.2, patience=0, threshold=0.02, threshold_mode="abs", min_lr=1e-3),
+])
+def test_reduce_lr_on_plateau_matches_torch(kw):
+    metrics = _plateau_metrics()
+    if kw.get("mode") == "max":
+        metrics = [-m for m in metrics]
+    opt = optim.SGD([nn.Parameter(ndl.Tensor(W0))], lr=0.1)
+    sched = optim.ReduceLROnPlateau(opt, **kw)
+    p = torch.zeros(1, requires_grad=True)
+    topt = torch.optim.SGD([p], lr=0.1)
+    tsched = torch.optim.lr_scheduler.ReduceLROnPlateau(topt, **kw)
+    ours, theirs = [], []
+    for m in metrics:
+        sched.step(m)
+        tsched.step(m)
+        ours.append(opt.lr)
+        theirs.append(topt.param_groups[0]["lr"])
+    assert len(set(theirs)) > 1  # the sequence does reduce
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+
+
+def test_reduce_lr_on_plateau_state_round_trip_and_errors():
+    metrics = _plateau_metrics()
+    opt = optim.SGD([nn.Parameter(ndl.Tensor(W0))], lr=0.1)
+    sched = optim.ReduceLROnPlateau(opt, patience=2, factor=0.5)
+    for m in metrics[:20]:
+        sched.step(m)
+    state = sched.state_dict()
+    opt2 = optim.SGD([nn.Parameter(ndl.Tensor(W0))], lr=0.1)
+    sched2 = optim.ReduceLROnPlateau(opt2, patience=2, factor=0.5)
+    sched2.load_state_dict(state)
+    for m in metrics[20:]:
+        sched.step(m)
+        sched2.step(m)
+        assert opt2.lr == opt.lr
+    for bad in (dict(mode="mid"), dict(threshold_mode="x"), dict(factor=1.0),
+                dict(patience=-1)):
+        with pytest.raises(ValueError, match="ReduceLROnPlateau"):
+            optim.ReduceLROnPlateau(opt, **bad)
+
+
+def test_linear_warmup_wraps_step_lr_like_torch_sequential():
+    opt = optim.SGD([nn.Parameter(ndl.Tensor(W0))], lr=0.1)
+    sched = optim.LinearWarmup(opt, 3, after=optim.StepLR(opt, 2, gamma=0.5),
+                               start_factor=0.25)
+    ours = _lrs(sched, opt, 10)
+    theirs = _torch_lrs(lambda o: torch.optim.lr_scheduler.SequentialLR(
+        o, [torch.optim.lr_scheduler.LinearLR(o, start_factor=0.25, total_iters=3),
+            torch.optim.lr_scheduler.StepLR(o, 2, gamma=0.5)], milestones=[3]), 10)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12)

@@ -27,7 +27,11 @@ from .ops import (
 )
 from . import init, nn, data
 from . import optim
+from .compile import compile  # noqa: A004 (needle.compile, as torch.compile)
 from .init import manual_seed, ones, ones_like, zeros, zeros_like
+from . import interop, onnx
+from .interop import from_dlpack
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
@@ -40,6 +44,10 @@ __all__ = [
     "Device", "NDArray", "cpu", "cuda", "cpu_numpy", "default_device", "all_devices",
     # subpackages
     "autograd", "backend_ndarray", "ops", "init", "nn", "optim", "data",
+    # the step compiler
+    "compile",
+    # interop and PyTorch habits
+    "interop", "onnx", "from_dlpack", "save", "load",
     # constructors
     "manual_seed", "ones", "zeros", "ones_like", "zeros_like",
     # op functions (course names)

@@ -18,6 +18,7 @@ from .backend_ndarray import NDArray
 from .graph import (  # noqa: F401  (find_topo_sort: the course's needle.autograd name)
     check_finite as _check_finite, find_topo_sort, reverse_pass, reverse_pass_fast,
 )
+from .tensor_api import TensorHabits, torch_axes
 from .grad_mode import (  # noqa: F401  (the course reaches them as needle.autograd.*)
     MODE as _MODE, detect_anomaly, enable_grad, is_grad_enabled, no_grad, set_detect_anomaly,
 )
@@ -231,19 +232,24 @@ def _to_ndarray(array, device, dtype) -> NDArray:
         return NDArray(array, device=device, dtype=dtype)
     if isinstance(array, (np.generic,)):
         return NDArray(np.asarray(array), device=device, dtype=dtype)
-    # lists, Python scalars, or anything array-like: needle makes float32 itself
-    return NDArray(np.asarray(array, dtype=dtype or "float32"), device=device)
+    # lists, Python scalars, anything array-like: NumPy's dtype on the NumPy CPU device
+    # (float64 for floats, as the course's numpy-backed Tensor), float32 on the others (the
+    # course's float32 NDArray backend)
+    if dtype is None and (device or nd.default_device()).name != "cpu":
+        dtype = "float32"
+    return NDArray(np.asarray(array, dtype=dtype), device=device)
 
 
-class Tensor(Value):
+class Tensor(Value, TensorHabits):
     """An n-dimensional array that records the ops applied to it, for differentiation.
 
     `Tensor(array, device=None, dtype=None, requires_grad=True)`: `array` is a NumPy array (its
-    dtype is kept unless `dtype` is given), a nested list or scalar (float32), an NDArray or a
-    Tensor. As in the course, `requires_grad` defaults to True.
+    dtype is kept unless `dtype` is given), a nested list or scalar (NumPy's dtype on cpu(),
+    float64 for floats, as the course; float32 on other devices), an NDArray or a Tensor. As
+    in the course, `requires_grad` defaults to True.
 
     >>> x = Tensor([1.0, 2.0]); (x * x).sum().backward(); x.grad
-    needle.Tensor([2. 4.])
+    needle.Tensor([2. 4.], shape=(2,), dtype=float64, device=cpu(), requires_grad=True)
     """
 
     __slots__ = ()
@@ -319,7 +325,9 @@ class Tensor(Value):
         return self.shape[0]
 
     def __repr__(self):
-        return "needle.Tensor(" + str(self.realize_cached_data()) + ")"
+        data = self.realize_cached_data()
+        return (f"needle.Tensor({data}, shape={data.shape}, dtype={data.dtype}, "
+                f"device={data.device}, requires_grad={bool(self.requires_grad)})")
 
     def __str__(self):
         return str(self.realize_cached_data())
@@ -404,13 +412,16 @@ class Tensor(Value):
     def matmul(self, other):
         return _MATMUL(self, other)
 
-    def sum(self, axes=None, keepdims=False):
+    def sum(self, axes=None, keepdims=False, *, dim=None, keepdim=None):
+        axes, keepdims = torch_axes("sum", axes, keepdims, dim, keepdim)
         return _ops.summation(self, axes, keepdims=keepdims)
 
-    def mean(self, axes=None, keepdims=False):
+    def mean(self, axes=None, keepdims=False, *, dim=None, keepdim=None):
+        axes, keepdims = torch_axes("mean", axes, keepdims, dim, keepdim)
         return _ops.mean(self, axes, keepdims=keepdims)
 
-    def max(self, axes=None, keepdims=False):
+    def max(self, axes=None, keepdims=False, *, dim=None, keepdim=None):
+        axes, keepdims = torch_axes("max", axes, keepdims, dim, keepdim)
         return _ops.max(self, axes, keepdims=keepdims)
 
     def broadcast_to(self, shape):

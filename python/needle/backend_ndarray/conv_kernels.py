@@ -71,7 +71,11 @@ class ConvKernels:
     def conv_im2col(self, x, kh: int, kw: int, stride: int, padding: int):
         """The im2col matrix of NHWC `x` (any strides): (N*Ho*Wo, kh*kw*C), compact, rows
         ordered (n, ho, wo) and columns (i, j, c), so `cols @ w.reshape(-1, C_out)` is the
-        convolution with a (kh, kw, C, C_out) weight. Zero padding `padding` on H and W."""
+        convolution with a (kh, kw, C, C_out) weight. Zero padding `padding` on H and W. A
+        1x1 kernel at stride 1 without padding gives x itself as (N*H*W, C) (a view when x is
+        NHWC in memory)."""
+        if kh == kw == 1 and stride == 1 and padding == 0:
+            return x.reshape((-1, x.shape[3]))
         return self._wrap(self._im2col(x._array, kh, kw, stride, padding, padding)[0])
 
     def conv_col2im(self, dcols, shape, kh: int, kw: int, stride: int, padding: int):

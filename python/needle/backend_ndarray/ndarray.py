@@ -14,6 +14,7 @@ from numbers import Number
 
 import numpy as np
 
+from . import special as _special
 from .device import Device, cpu, default_device
 
 
@@ -412,6 +413,10 @@ class NDArray:
     def sqrt(self):
         return NDArray._wrap(self._device.xp.sqrt(self._array), self._device)
 
+    def erf(self):
+        """The error function, elementwise (backend_ndarray/special.py)."""
+        return NDArray._wrap(_special.erf(self._device.xp, self._array), self._device)
+
     def abs(self):
         return NDArray._wrap(self._device.xp.abs(self._array), self._device)
 
@@ -523,20 +528,15 @@ def flip(a: NDArray, axes) -> NDArray:
 
 
 def stack(arrays, axis=0) -> NDArray:
-    dev = arrays[0].device
-    return NDArray._wrap(dev.xp.stack([a._array for a in arrays], axis=axis), dev)
+    return arrays[0].device.stack(arrays, axis)
 
 
 def concatenate(arrays, axis=0) -> NDArray:
-    dev = arrays[0].device
-    return NDArray._wrap(dev.xp.concatenate([a._array for a in arrays], axis=axis), dev)
+    return arrays[0].device.concatenate(arrays, axis)
 
 
 def where(cond: NDArray, a, b) -> NDArray:
-    dev = cond.device
-    av = a._array if isinstance(a, NDArray) else a
-    bv = b._array if isinstance(b, NDArray) else b
-    return NDArray._wrap(dev.xp.where(cond._array != 0, av, bv), dev)
+    return cond.device.where(cond, a, b)
 
 
 def stable_sigmoid(xp, a):
@@ -565,9 +565,7 @@ def _axes(axes):
 
 def einsum(subscripts: str, *arrays: NDArray) -> NDArray:
     """Einstein summation over NDArrays of one device (`np.einsum`'s subscripts)."""
-    dev = arrays[0].device
-    return NDArray._wrap(dev.xp.asarray(dev.xp.einsum(subscripts, *[a._array for a in arrays])),
-                         dev)
+    return arrays[0].device.einsum(subscripts, *arrays)
 
 
 class ArrayNode(NDArray):

@@ -1,6 +1,10 @@
-"""Ready-made models: MLPResNet, ResNet9, SmallResNet and the language models."""
+"""Ready-made models: MLPResNet, ResNet9, SmallResNet, DenseNet, FCN and the language
+models."""
 from .mlp_resnet import MLPResNet, ResidualBlock
 from .resnet import ResNet9, SmallResNet
+from .densenet import DenseNet
+from .fcn import FCN
 from .language import LanguageModel
 
-__all__ = ["MLPResNet", "ResidualBlock", "ResNet9", "SmallResNet", "LanguageModel"]
+__all__ = ["MLPResNet", "ResidualBlock", "ResNet9", "SmallResNet", "DenseNet", "FCN",
+           "LanguageModel"]

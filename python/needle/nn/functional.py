@@ -31,10 +31,15 @@ def relu(x: Tensor) -> Tensor:
     return ops.relu(x)
 
 
-def gelu(x: Tensor) -> Tensor:
-    """GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    inner = (x + x ** 3 * 0.044715) * math.sqrt(2.0 / math.pi)
-    return x * (ops.tanh(inner) + 1) * 0.5
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """GELU as PyTorch's F.gelu: exact `0.5 x (1 + erf(x / sqrt 2))` by default, or with
+    `approximate="tanh"` `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`."""
+    if approximate == "tanh":
+        inner = (x + x ** 3 * 0.044715) * math.sqrt(2.0 / math.pi)
+        return x * (ops.tanh(inner) + 1) * 0.5
+    if approximate != "none":
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return x * (ops.erf(x * (1.0 / math.sqrt(2.0))) + 1) * 0.5
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

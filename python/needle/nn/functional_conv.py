@@ -16,12 +16,13 @@ def _check_nchw(op: str, x: Tensor, channels: int | None = None) -> None:
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,
-           padding: int = 0) -> Tensor:
+           padding: int = 0, save_cols: bool = True) -> Tensor:
     """NCHW conv with a (K, K, C_in, C_out) weight and a (C_out,) bias, one op; equals torch
     conv2d with the weight permuted (3, 2, 0, 1). The output is an NCHW view of NHWC memory
-    (what the next conv reads without a copy)."""
+    (what the next conv reads without a copy). `save_cols=False`: the backward recomputes
+    the im2col matrix instead of keeping it (less memory, a little more time)."""
     _check_nchw("conv2d", x, weight.shape[2])
-    return conv_nchw(x, weight, bias, stride, padding)
+    return conv_nchw(x, weight, bias, stride, padding, save_cols)
 
 
 def conv_transpose2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int = 1,

@@ -150,6 +150,58 @@ class Module:
     def num_parameters(self) -> int:
         return int(sum(np.prod(p.shape) for p in self.parameters()))
 
+    # ---- PyTorch habits ----------------------------------------------------------------
+    def modules(self) -> List["Module"]:
+        """This module and every submodule (PyTorch's name). `Sequential` keeps the course's
+        `modules` attribute (its layers), which hides this method: use `modules_list()`."""
+        return self.modules_list()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget every parameter's gradient (PyTorch's default sets `.grad` to None)."""
+        for p in self.parameters():
+            if set_to_none or p.grad is None:
+                p.grad = None
+            else:
+                p.grad = p.grad * 0
+
+    def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Set `requires_grad` of every parameter (False freezes them: the backward gives
+        them no gradient and optimizers skip them); returns self, as PyTorch."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def apply(self, fn) -> "Module":
+        """Call `fn` on every submodule, children first, then on this module (as PyTorch)."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def extra_repr(self) -> str:
+        """The constructor settings shown in `repr` (plain int/float/bool/str attributes)."""
+        keep = []
+        for k, v in vars(self).items():
+            if k.startswith("_") or k == "training":
+                continue
+            if isinstance(v, (bool, int, float, str)) or (
+                    isinstance(v, tuple) and v and all(isinstance(x, int) for x in v)):
+                keep.append(f"{k}={v!r}")
+        return ", ".join(keep)
+
+    def __repr__(self):
+        """A tree of submodules with parameter counts, as PyTorch prints it."""
+        total = self.num_parameters()
+        count = f"  # {total:,} parameters" if total else ""
+        kids = [(n, m) for n, m in self._children_items() if isinstance(m, Module)]
+        if not kids:
+            return f"{type(self).__name__}({self.extra_repr()}){count}"
+        lines = [f"{type(self).__name__}({self.extra_repr()}{count}"]
+        for name, m in kids:
+            lines.append(f"  ({name}): " + repr(m).replace("\n", "\n  "))
+        lines.append(")")
+        return "\n".join(lines)
+
 
 class Identity(Module):
     def forward(self, x):
@@ -200,8 +252,16 @@ class Sigmoid(Module):
 
 
 class GELU(Module):
+    """GELU(approximate="none"): exact erf form (PyTorch's default); "tanh": the approximation."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
     def forward(self, x):
-        return F.gelu(x)
+        return F.gelu(x, self.approximate)
 
 
 class Sequential(Module):

@@ -19,11 +19,14 @@ class Conv(Module):
     Init (course): weight kaiming_uniform(C_in K^2, C_out K^2, shape=(K, K, C_in, C_out)), then
     bias (C_out,) uniform on +-1/sqrt(C_in K^2). Equals torch.nn.Conv2d(C_in, C_out, K, stride,
     padding=K // 2) with torch weight = weight.permute(3, 2, 0, 1). `padding` overrides K // 2.
+    `memory_efficient=True` keeps only the input for the backward, which recomputes the
+    im2col matrix (K^2 times the input's size) instead of keeping it from the forward.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, bias=True,
-                 device=None, dtype="float32", padding=None):
+                 device=None, dtype="float32", padding=None, memory_efficient=False):
         super().__init__()
+        self.memory_efficient = bool(memory_efficient)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         self.kernel_size, self.stride = _first(kernel_size), _first(stride)
         k = self.kernel_size
@@ -42,7 +45,8 @@ class Conv(Module):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv: expected NCHW input with {self.in_channels} channels, got "
                              f"shape {x.shape} (weight {self.weight.shape})")
-        return FC.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return FC.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                         save_cols=not self.memory_efficient)
 
 
 class ConvTranspose(Module):
@@ -188,3 +192,6 @@ class Softplus(Module):
 class Softsign(Module):
     def forward(self, x):
         return FC.softsign(x)
+
+
+ConvTranspose2d = ConvTranspose  # PyTorch's name

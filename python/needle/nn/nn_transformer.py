@@ -159,7 +159,7 @@ class TransformerEncoderLayer(Module):
         if self.activation == "relu":
             return ops.relu(x)
         if self.activation == "gelu":
-            return F.gelu(x)
+            return F.gelu(x, "tanh")
         return self.activation(x)
 
     def _sa(self, x, mask, padding, is_causal):

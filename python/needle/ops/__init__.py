@@ -6,18 +6,18 @@ from .ops_conv import (
 )
 from .ops_fused import FusedBackward, FusedOp, FusedTupleOp, Linear, linear, vjp_of
 from .ops_indexing import (
-    Dilate, Flip, GetItem, Pad, ScatterAdd, UnDilate, dilate, flip, getitem, pad, scatter_add,
-    undilate,
+    Concatenate, Dilate, Flip, GetItem, Pad, ScatterAdd, UnDilate, concatenate, dilate, flip,
+    getitem, pad, scatter_add, undilate,
 )
 from .ops_logarithmic import (
     LogSoftmax, LogSumExp, Softmax, SoftmaxCrossEntropy, logsoftmax, logsumexp, softmax,
     softmax_cross_entropy,
 )
 from .ops_mathematic import (
-    AddScalar, BroadcastTo, DivScalar, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Log,
+    AddScalar, BroadcastTo, DivScalar, Erf, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Log,
     MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, Reshape, ScalarPower,
     Sigmoid, Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
-    divide_scalar, exp, keepdims_shape, log, matmul, max, maximum, mean, mul_scalar, multiply,
+    divide_scalar, erf, exp, keepdims_shape, log, matmul, max, maximum, mean, mul_scalar, multiply,
     negate, normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape,
     sigmoid, sqrt, summation, tanh, to_device, transpose,
 )
@@ -35,9 +35,10 @@ from .ops_tuple import (
 __all__ = [
     # functions
     "add", "add_scalar", "multiply", "mul_scalar", "power", "power_scalar", "divide",
-    "divide_scalar", "negate", "log", "exp", "relu", "tanh", "sigmoid", "sqrt", "maximum",
-    "matmul", "linear", "summation", "mean", "max", "broadcast_to", "reshape", "transpose",
-    "permute", "to_device", "getitem", "scatter_add", "flip", "pad", "dilate", "undilate",
+    "divide_scalar", "negate", "log", "exp", "erf", "relu", "tanh", "sigmoid", "sqrt",
+    "maximum", "matmul", "linear", "summation", "mean", "max", "broadcast_to", "reshape",
+    "transpose", "permute", "to_device", "getitem", "scatter_add", "flip", "pad", "dilate",
+    "undilate", "concatenate",
     "logsumexp", "logsoftmax", "softmax", "softmax_cross_entropy", "standardize", "layer_norm",
     "batch_norm_train", "conv", "conv_nchw", "max_pool2d", "avg_pool2d",
     "scaled_dot_product_attention", "rnn_layer", "lstm_layer", "gru_layer", "embedding",
@@ -46,9 +47,10 @@ __all__ = [
     "reduce_to_shape", "keepdims_shape", "normalize_axes", "vjp_of",
     # op classes
     "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWisePow", "PowerScalar", "ScalarPower",
-    "EWiseDiv", "DivScalar", "Negate", "Log", "Exp", "ReLU", "Tanh", "Sigmoid", "Sqrt",
-    "Maximum", "MatMul", "Linear", "Summation", "Max", "BroadcastTo", "Reshape", "Transpose",
-    "Permute", "ToDevice", "GetItem", "ScatterAdd", "Flip", "Pad", "Dilate", "UnDilate",
+    "EWiseDiv", "DivScalar", "Negate", "Log", "Exp", "Erf", "ReLU", "Tanh", "Sigmoid",
+    "Sqrt", "Maximum", "MatMul", "Linear", "Summation", "Max", "BroadcastTo", "Reshape",
+    "Transpose", "Permute", "ToDevice", "GetItem", "ScatterAdd", "Flip", "Pad", "Dilate",
+    "UnDilate", "Concatenate",
     "LogSumExp", "LogSoftmax", "Softmax", "SoftmaxCrossEntropy", "Standardize", "LayerNorm",
     "BatchNorm", "Conv", "MaxPool2d", "AvgPool2d", "AvgPool2dAdjoint", "ScatterFlat",
     "GatherFlat", "ScaledDotProductAttention", "RNNLayer", "LSTMLayer", "GRULayer",

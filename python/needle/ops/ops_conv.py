@@ -19,6 +19,7 @@ from ..autograd import NDArray, TensorOp, Value, is_grad_enabled
 from .ops_fused import FusedOp
 from .ops_indexing import GetItem, dilate, flip, pad
 from .ops_mathematic import permute, reshape, summation
+from .ops_shape import promote_pair
 
 _TO_NHWC = (0, 2, 3, 1)
 _TO_NCHW = (0, 3, 1, 2)
@@ -70,8 +71,6 @@ def _check_conv(a: NDArray, b: NDArray, bias, stride: int, padding: int, nchw: b
         if a.shape[1 + i] + 2 * padding < b.shape[i]:
             raise ValueError(f"conv: kernel {b.shape[:2]} larger than the padded input "
                              f"{a.shape} with padding {padding}")
-    if a.dtype != b.dtype:
-        raise TypeError(f"conv: dtypes differ: input {a.dtype}, weight {b.dtype}")
     if bias is not None and bias.size != b.shape[3]:
         raise ValueError(f"conv: bias of shape {bias.shape} for {b.shape[3]} output channels")
 
@@ -84,12 +83,16 @@ class Conv(FusedOp):
     factor); the backward recomputes it when missing, so a graph can be backpropagated twice.
     """
 
-    __slots__ = ("stride", "padding", "nchw", "_saved")
+    __slots__ = ("stride", "padding", "nchw", "save_cols", "_saved")
 
-    def __init__(self, stride: int = 1, padding: int = 0, nchw: bool = False):
+    def __init__(self, stride: int = 1, padding: int = 0, nchw: bool = False,
+                 save_cols: bool = True):
         self.stride = int(stride)
         self.padding = int(padding)
         self.nchw = bool(nchw)
+        # False: the backward recomputes the im2col matrix (kh*kw times the input's size)
+        # instead of keeping it from the forward: less memory, one more im2col per backward
+        self.save_cols = bool(save_cols)
         self._saved = None  # (input, its im2col matrix) of the last forward
 
     def __repr__(self):
@@ -98,9 +101,13 @@ class Conv(FusedOp):
     def compute(self, a: NDArray, b: NDArray, bias: NDArray = None):
         x = a.permute(_TO_NHWC) if self.nchw and a.ndim == 4 else a
         _check_conv(x, b, bias, self.stride, self.padding, self.nchw)
+        if x.dtype != b.dtype:  # promote as the elementwise ops do (float64 x, float32 w)
+            x, b = promote_pair(x, b)
         kh, kw, cin, cout = b.shape
         cols = a.device.conv_im2col(x, kh, kw, self.stride, self.padding)
-        self._saved = (a, cols) if is_grad_enabled() else None
+        pointwise = kh == kw == 1 and self.stride == 1 and self.padding == 0
+        keep = self.save_cols and not pointwise and is_grad_enabled()  # 1x1: cols is x
+        self._saved = (a, cols) if keep else None
         out = cols @ b.reshape((kh * kw * cin, cout))
         if bias is not None:
             out += bias.reshape((cout,))
@@ -168,11 +175,11 @@ def conv(a, b, stride=1, padding=1):
     return Conv(stride, padding)(a, b)
 
 
-def conv_nchw(x, weight, bias=None, stride=1, padding=0):
+def conv_nchw(x, weight, bias=None, stride=1, padding=0, save_cols=True):
     """NCHW conv with a (K, K, C_in, C_out) weight and an optional (C_out,) bias, one op (the
     output is an NCHW view of NHWC memory). Equals torch conv2d with weight permuted
-    (3, 2, 0, 1)."""
-    op = Conv(stride, padding, nchw=True)
+    (3, 2, 0, 1). `save_cols=False` recomputes the im2col matrix in the backward."""
+    op = Conv(stride, padding, nchw=True, save_cols=save_cols)
     return op(x, weight) if bias is None else op(x, weight, bias)
 
 

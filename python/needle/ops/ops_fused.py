@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..autograd import (
     Tensor, TensorOp, TensorTuple, TensorTupleOp, Value, enable_grad, is_grad_enabled, partials,
 )
+from .ops_shape import promote_pair
 
 
 class _FusedRule:
@@ -125,8 +126,8 @@ class Linear(FusedOp):
                              f"{w.shape} (in_features, out_features)")
         if b is not None and b.size != w.shape[1]:
             raise ValueError(f"linear: bias of shape {b.shape} for {w.shape[1]} outputs")
-        if x.dtype != w.dtype:
-            raise TypeError(f"linear: dtypes differ: input {x.dtype}, weight {w.dtype}")
+        if x.dtype != w.dtype:  # promote as the elementwise ops do (float64 x, float32 w)
+            x, w = promote_pair(x, w)
         out = x.reshape((-1, w.shape[0])) @ w
         if b is not None:
             out += b.reshape((w.shape[1],))

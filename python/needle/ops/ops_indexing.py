@@ -194,3 +194,45 @@ class UnDilate(_DilationOp):
 
 def undilate(a, axes, dilation):
     return UnDilate(axes, dilation)(a)
+
+
+class Concatenate(TensorOp):
+    """Join tensors along an existing axis `axis` (torch.cat); the gradient is the slices."""
+
+    __slots__ = ("axis",)
+    array_rule = True
+
+    def __init__(self, axis: int = 0):
+        self.axis = int(axis)
+
+    def compute(self, *arrays: NDArray):
+        if not arrays:
+            raise ValueError("concatenate: needs at least one tensor")
+        first = arrays[0]
+        ndim = first.ndim
+        if not -ndim <= self.axis < ndim:
+            raise ValueError(f"concatenate: axis {self.axis} is out of range for tensors with "
+                             f"{ndim} dimensions")
+        axis = self.axis % ndim
+        for a in arrays[1:]:
+            if (a.ndim != ndim or a.shape[:axis] != first.shape[:axis]
+                    or a.shape[axis + 1:] != first.shape[axis + 1:]):
+                raise ValueError(f"concatenate: shapes {first.shape} and {a.shape} differ "
+                                 f"outside axis {axis}")
+        return first.device.concatenate(arrays, axis=axis)
+
+    def gradient(self, out_grad, node):
+        ndim = len(out_grad.shape)
+        axis = self.axis % ndim
+        parts, start = [], 0
+        for x in node.inputs:
+            n = x.shape[axis]
+            index = (slice(None),) * axis + (slice(start, start + n),)
+            parts.append(GetItem(index)(out_grad))
+            start += n
+        return tuple(parts)
+
+
+def concatenate(tensors, axis: int = 0):
+    """torch.cat(tensors, dim=axis) for a list or tuple of Tensors."""
+    return Concatenate(axis)(*tensors)

@@ -12,7 +12,8 @@ import numpy as np
 from ..autograd import NDArray, Tensor, TensorOp
 from .ops_shape import (  # noqa: F401  (re-exported: the course's ops_mathematic has them)
     BroadcastTo, Permute, Reshape, ToDevice, Transpose, _broadcast_shape, broadcast_to,
-    keepdims_shape, normalize_axes, permute, reduce_to_shape, reshape, to_device, transpose,
+    keepdims_shape, normalize_axes, permute, promote_pair, reduce_to_shape, reshape, to_device,
+    transpose,
 )
 
 
@@ -316,6 +317,24 @@ def tanh(a):
     return Tanh()(a)
 
 
+class Erf(TensorOp):
+    """The error function erf(a) = 2/sqrt(pi) int_0^a exp(-t^2) dt (exact GELU needs it)."""
+
+    __slots__ = ()
+    array_rule = True
+
+    def compute(self, a: NDArray):
+        return a.erf()
+
+    def gradient(self, out_grad, node):
+        a = node.inputs[0]
+        return out_grad * (exp(-(a * a)) * (2.0 / math.sqrt(math.pi)))
+
+
+def erf(a):
+    return Erf()(a)
+
+
 class Sigmoid(TensorOp):
     """1 / (1 + exp(-x)), computed as (1 + tanh(x/2)) / 2 so it never overflows."""
 
@@ -372,8 +391,8 @@ class MatMul(TensorOp):
             except ValueError:
                 raise ValueError(f"matmul: batch dimensions cannot be broadcast: "
                                  f"{a.shape} @ {b.shape}") from None
-        if a.dtype != b.dtype:
-            raise TypeError(f"matmul: dtypes differ: {a.dtype} @ {b.dtype}")
+        if a.dtype != b.dtype:  # promote as the elementwise ops do (float32 @ float64: float64)
+            a, b = promote_pair(a, b)
         return a @ b
 
     def gradient(self, out_grad, node):

@@ -57,6 +57,14 @@ def keepdims_shape(shape, axes):
     return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
 
+def promote_pair(a: NDArray, b: NDArray) -> Tuple[NDArray, NDArray]:
+    """`a` and `b` in their common dtype (NumPy's promotion, as the elementwise ops get it):
+    matmul, linear and conv of a float64 input with float32 weights compute in float64."""
+    dtype = np.result_type(a.dtype, b.dtype)
+    return (a if a.dtype == dtype else a.astype(dtype),
+            b if b.dtype == dtype else b.astype(dtype))
+
+
 # ---- shapes -----------------------------------------------------------------------------------
 class BroadcastTo(TensorOp):
     """Broadcast to `shape` by NumPy's rules (leading axes may be added)."""

@@ -15,18 +15,15 @@ Update rules (course conventions where the course has one, PyTorch's otherwise):
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List
 
 import numpy as np
 
-from .autograd import Tensor
-from .backend_ndarray import NDArray
+from ..autograd import Tensor
+from ..backend_ndarray import NDArray
+from .clipping import clip_grad_norm
 
-__all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "clip_grad_norm",
-    "LRScheduler", "StepLR", "CosineAnnealing", "LinearWarmup", "OPTIMIZERS",
-]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "OPTIMIZERS"]
 
 
 def _writable(p: Tensor) -> NDArray:
@@ -270,117 +267,3 @@ OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": AdaGrad,
               "rmsprop": RMSProp}
 
 
-def clip_grad_norm(params: Iterable[Tensor], max_norm: float) -> float:
-    """Scale all gradients by `max_norm / total_norm` when the global L2 norm exceeds it.
-
-    Returns the total norm before clipping. Gradients are replaced by new constant Tensors
-    (never modified in place: two parameters may share one gradient array).
-    """
-    params = [p for p in params if p.grad is not None]
-    total = 0.0
-    for p in params:
-        g = p.grad.realize_cached_data()
-        total += float((g * g).sum().item())
-    total = math.sqrt(total)
-    if total > max_norm:
-        scale = max_norm / (total + 1e-6)
-        for p in params:
-            data = p.grad.realize_cached_data()
-            p.grad = Tensor.make_const(data * scale)
-    return total
-
-
-# ---- learning-rate schedules -------------------------------------------------------------------
-
-class LRScheduler:
-    """Sets `optimizer.lr = base_lr * factor(t)` after each `step()` (t counts the calls).
-
-    Call `step()` once per epoch or once per batch, as the schedule's unit is meant.
-    Schedules compose: `LinearWarmup(opt, 5, after=CosineAnnealing(opt, 95))`.
-    """
-
-    def __init__(self, optimizer: Optimizer):
-        self.optimizer = optimizer
-        self.base_lr = optimizer.lr
-        self.last_step = 0
-
-    def factor(self, t: int) -> float:
-        raise NotImplementedError
-
-    def lr_at(self, t: int) -> float:
-        return self.base_lr * self.factor(t)
-
-    def step(self) -> None:
-        self.last_step += 1
-        self.optimizer.lr = self.lr_at(self.last_step)
-
-    def state_dict(self) -> Dict[str, Any]:
-        return {"base_lr": self.base_lr, "last_step": self.last_step}
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.base_lr = float(state["base_lr"])
-        self.last_step = int(state["last_step"])
-        self.optimizer.lr = self.lr_at(self.last_step)
-
-
-class StepLR(LRScheduler):
-    """lr = base_lr * gamma^(t // step_size) (PyTorch's StepLR)."""
-
-    def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
-        super().__init__(optimizer)
-        if step_size < 1:
-            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
-        self.step_size = step_size
-        self.gamma = gamma
-
-    def factor(self, t):
-        return self.gamma ** (t // self.step_size)
-
-
-class CosineAnnealing(LRScheduler):
-    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2, held after T_max."""
-
-    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0):  # noqa: N803 (PyTorch)
-        super().__init__(optimizer)
-        if T_max < 1:
-            raise ValueError(f"CosineAnnealing: T_max must be >= 1, got {T_max}")
-        self.T_max = T_max
-        self.eta_min = eta_min
-
-    def lr_at(self, t):
-        t = min(t, self.T_max)
-        return self.eta_min + (self.base_lr - self.eta_min) * (
-            1 + math.cos(math.pi * t / self.T_max)) / 2
-
-    def factor(self, t):
-        return self.lr_at(t) / self.base_lr if self.base_lr else 0.0
-
-
-class LinearWarmup(LRScheduler):
-    """Linear ramp from `start_factor*base_lr` to base_lr over `warmup_steps`, then `after`.
-
-    During warm-up the factor is `start_factor + (1 - start_factor) * t / warmup_steps` (as
-    PyTorch's LinearLR); from t = warmup_steps on, the lr is `after.lr_at(t - warmup_steps)`
-    (or base_lr when `after` is None).
-    """
-
-    def __init__(self, optimizer, warmup_steps: int, after: Optional[LRScheduler] = None,
-                 start_factor: float = 0.0):
-        super().__init__(optimizer)
-        if warmup_steps < 1:
-            raise ValueError(f"LinearWarmup: warmup_steps must be >= 1, got {warmup_steps}")
-        self.warmup_steps = warmup_steps
-        self.after = after
-        self.start_factor = start_factor
-        optimizer.lr = self.lr_at(0)
-
-    def lr_at(self, t):
-        if t < self.warmup_steps:
-            return self.base_lr * (self.start_factor
-                                   + (1 - self.start_factor) * t / self.warmup_steps)
-        if self.after is None:
-            return self.base_lr
-        return self.after.lr_at(t - self.warmup_steps)
-
-    def factor(self, t):
-        return self.lr_at(t) / self.base_lr if self.base_lr else 0.0

@@ -1,0 +1,256 @@
+"""A plan: the recorded kernel calls of one step as one flat Python function.
+
+`build_plan` turns a recording (backend_ndarray/recording.py) into the source of a function
+`replay(a0, a1, ...)` whose arguments are the NDArrays of the step's Tensor inputs, and
+`exec`s it once. Every value gets a name: `a<i>` for the inputs, `x<i>` for state and
+constants that existed before the step (parameters, optimizer moments, running statistics,
+the model's constant tensors: the plan holds these NDArrays and the kernels update them in
+place), `v<i>` for what the kernels produce, and `s<i>` for the scalar slots read at the top
+of each replay. Each line calls the original NDArray method or Device kernel. A value is
+deleted right after its last use, so the replay holds no more memory than the eager step.
+
+The source is the plan: `print(compiled.plan)` shows it with the buffer table.
+"""
+from __future__ import annotations
+
+import math
+
+from ..backend_ndarray.recording import Ref
+from .scalars import Sym
+
+__all__ = ["Plan", "build_plan"]
+
+
+class Plan:
+    """One recorded step ready to replay; `str(plan)` is the readable listing."""
+
+    def __init__(self, replay, source, n_kernels, buffers, peak_bytes, guards, state,
+                 out_spec, signature):
+        self.replay = replay  # replay(*input NDArrays) -> tuple of output NDArrays
+        self.source = source
+        self.n_kernels = n_kernels
+        self.buffers = buffers  # [(name, kind, shape, dtype, nbytes)]
+        self.peak_bytes = peak_bytes
+        self.guards = guards  # [(check() -> bool, description)]
+        self.state = state  # names of the values updated in place
+        self.out_spec = out_spec
+        self.signature = signature
+        self.replays = 0
+
+    def guards_hold(self):
+        """None when every branch guard holds, else the description of the first that fails."""
+        for check, text in self.guards:
+            if not check():
+                return text
+        return None
+
+    def __str__(self):
+        kinds = {}
+        for _, kind, _, _, nbytes in self.buffers:
+            n, b = kinds.get(kind, (0, 0))
+            kinds[kind] = (n + 1, b + nbytes)
+        lines = [f"plan for {self.signature}",
+                 f"  {self.n_kernels} kernel calls ({self.source.count('= fused')} of them "
+                 f"fused elementwise groups); peak of intermediates {_size(self.peak_bytes)}"]
+        for kind, (n, b) in sorted(kinds.items()):
+            lines.append(f"  {kind:<13} {n:5d} buffers {_size(b):>10}")
+        if self.guards:
+            lines.append("  branch guards: " + "; ".join(t for _, t in self.guards))
+        lines.append("")
+        lines.append(self.source.rstrip())
+        lines.append("")
+        lines.append("buffers:")
+        for name, kind, shape, dtype, nbytes in self.buffers:
+            lines.append(f"  {name:<6} {kind:<13} {str(shape):<20} {dtype:<8} {_size(nbytes)}")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+def _size(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, signature,
+               on_bad_view):
+    """The Plan of a finished recording.
+
+    arg_vids: value id of each input NDArray, in the order `replay` takes them.
+    out_vids: value ids of the returned Tensors; grads: [(parameter, grad Tensor, vid)]
+    whose `.grad` the replay points at the new gradient; attr_updates: [(obj, name, value)]
+    applied after the scalar slots are read (a Sym, or a plain value); guards: branch guards.
+    """
+    events = rec.events
+    names, ns, buffers = {}, {}, []
+    for i, v in enumerate(arg_vids):
+        names.setdefault(v, f"a{i}")
+    consts = {}
+
+    def const(x):
+        if _literal(x):
+            return repr(x)
+        key = id(x)
+        if key not in consts:
+            is_device = type(x).__name__.endswith("Device") and hasattr(x, "name")
+            consts[key] = x.name if is_device and x.name not in ns else f"k{len(consts)}"
+            ns[consts[key]] = x
+        return consts[key]
+
+    fn_names = {}
+
+    def fn_name(e):
+        key = id(e.fn)
+        if key not in fn_names:
+            owner, _, method = e.name.rpartition(".")
+            base = ("nd_" if owner == "NDArray" else "dev_" if owner else "") + method.strip("_")
+            n = base
+            k = 1
+            while n in ns:
+                k += 1
+                n = f"{base}{k}"
+            fn_names[key] = n
+            ns[n] = e.fn
+        return fn_names[key]
+
+    syms = {}
+    prologue = []
+
+    def sym(s):
+        if id(s) not in syms:
+            syms[id(s)] = f"s{len(syms)}"
+            ns[f"r{len(syms) - 1}"] = s.read
+            prologue.append(f"    {syms[id(s)]} = r{len(syms) - 1}()  # {s.text}")
+        return syms[id(s)]
+
+    written = set()
+    n_ext = [0]
+
+    def name(v):
+        if v not in names:  # first seen as an input: state or a constant
+            if on_bad_view is not None and rec.views_recorded_memory(v):
+                on_bad_view(v)
+            names[v] = f"x{n_ext[0]}"
+            n_ext[0] += 1
+            ns[names[v]] = rec.values[v].array
+        return names[v]
+
+    def arg(x):
+        if isinstance(x, Ref):
+            return name(x.vid)
+        if isinstance(x, Sym):
+            return sym(x)
+        if isinstance(x, list):
+            return "[" + ", ".join(arg(a) for a in x) + "]"
+        if isinstance(x, tuple) and any(isinstance(a, (Ref, Sym, list, tuple)) for a in x):
+            return "(" + "".join(arg(a) + ", " for a in x) + ")"
+        return const(x)
+
+    # last use of each produced value (outputs and gradients stay alive)
+    last_use = {}
+    for i, e in enumerate(events):
+        for v in _refs(e.args, e.kwargs):
+            last_use[v] = i
+    keep = set(out_vids) | {v for _, _, v in grads}
+
+    body, live, peak, produced_names = [], 0, 0, set()
+    n_val = 0
+    for i, e in enumerate(events):
+        call_args = [arg(a) for a in e.args] + [f"{k}={arg(a)}" for k, a in e.kwargs.items()]
+        call = f"{fn_name(e)}({', '.join(call_args)})"
+        ins = set(_refs(e.args, e.kwargs))
+        outs = e.outputs if isinstance(e.outputs, tuple) else (e.outputs,)
+        targets = []
+        for v in outs:
+            if v is None or v in names:  # nothing, or an input returned (in place)
+                targets.append("_")
+                if v is not None:
+                    written.add(v)
+                continue
+            names[v] = f"v{n_val}"
+            n_val += 1
+            produced_names.add(v)
+            info = rec.values[v]
+            if info.owns:
+                live += info.nbytes
+            buffers.append((names[v], "intermediate" if v not in keep else "output",
+                            info.shape, info.dtype, info.nbytes if info.owns else 0))
+            targets.append(names[v])
+        if e.outputs is None:
+            written.update(ins)  # a kernel returning nothing updates its inputs in place
+            line = f"    {call}"
+        elif isinstance(e.outputs, tuple):
+            line = f"    {', '.join(targets)}{',' if len(targets) == 1 else ''} = {call}"
+        else:
+            line = f"    {targets[0]} = {call}"
+        if e.name == "fused":
+            line += f"  # {e.fn.kernel.describe()}"
+        body.append(line)
+        peak = max(peak, live)
+        dead = [v for v in ins if last_use.get(v) == i and v in produced_names and v not in keep]
+        if dead:
+            body.append("    del " + ", ".join(names[v] for v in dead))
+            live -= sum(rec.values[v].nbytes for v in dead if rec.values[v].owns)
+
+    for v in out_vids:
+        name(v)
+    epilogue = []
+    for k, (p, g, v) in enumerate(grads):
+        ns[f"p{k}"], ns[f"g{k}"] = p, g
+        epilogue.append(f"    g{k}.cached_data = {name(v)}; p{k}.grad = g{k}")
+    updates = []
+    for k, (obj, attr, value) in enumerate(attr_updates):
+        ns[f"o{k}"] = obj
+        new = sym(value) if isinstance(value, Sym) else const(value)
+        updates.append(f"    o{k}.{attr} = {new}")
+    args = ", ".join(f"a{i}" for i in range(len(arg_vids)))
+    outs = "".join(name(v) + ", " for v in out_vids)
+    source = "\n".join([f"def replay({args}):", *prologue, *updates, *body, *epilogue,
+                        f"    return ({outs})", ""])
+    exec(compile(source, "<needle.compile plan>", "exec"), ns)
+
+    for v, n in names.items():
+        if n.startswith("x"):
+            info = rec.values[v]
+            kind = "state" if v in written else "constant"
+            buffers.append((n, kind, info.shape, info.dtype, info.nbytes if info.owns else 0))
+        elif n.startswith("a"):
+            info = rec.values[v]
+            buffers.append((n, "input", info.shape, info.dtype, info.nbytes))
+    buffers.sort(key=lambda b: (b[0][0], int(b[0][1:])))
+    state = sorted(names[v] for v in written if v in names)
+    return Plan(ns["replay"], source, len(events), buffers, peak, guards, state, out_spec,
+                signature)
+
+
+def _refs(args, kwargs):
+    out = []
+
+    def walk(x):
+        if isinstance(x, Ref):
+            out.append(x.vid)
+        elif isinstance(x, (list, tuple)):
+            for a in x:
+                walk(a)
+        elif isinstance(x, dict):
+            for a in x.values():
+                walk(a)
+
+    walk(args)
+    walk(kwargs)
+    return out
+
+
+def _literal(x):
+    """Whether repr(x) evaluates back to x (so the plan's source can show it)."""
+    if x is None or isinstance(x, (bool, int, str)) and type(x) in (bool, int, str):
+        return True
+    if type(x) is float:
+        return math.isfinite(x)
+    if type(x) in (tuple, list):
+        return all(_literal(a) for a in x)
+    if type(x) is slice:
+        return all(_literal(a) for a in (x.start, x.stop, x.step))
+    return x is Ellipsis
