@@ -590,3 +590,31 @@ def test_decorator_and_optimizers_found_in_containers_or_tracked():
         _HELD["opt"].lr = lr
         step(x)
     assert "sgd0.lr" in step.plan.source
+
+
+def test_replacing_a_parameter_after_recording_re_records():
+    """The parameter walk is cached against `nn.structure_version()`: assigning a new
+    Parameter to a module changes the signature, so the next call records anew."""
+    np.random.seed(0)
+    model = ndl.nn.Linear(4, 3)
+    opt = ndl.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x):
+        opt.reset_grad()
+        loss = model(x).sum()
+        loss.backward(create_graph=False)
+        opt.step()
+        return loss
+
+    compiled = ndl.compile(step, track=(model, opt))
+    x = ndl.Tensor(np.ones((2, 4), np.float32), requires_grad=False)
+    for _ in range(3):
+        compiled(x)
+    assert compiled.calls["replayed"] == 1
+    model.weight = ndl.nn.Parameter(np.zeros((4, 3), np.float32))
+    opt.params = list(model.parameters())
+    before = dict(compiled.calls)
+    bias = model.bias.numpy().copy()
+    loss = compiled(x)
+    assert compiled.calls["replayed"] == before["replayed"]  # not replayed on the old plan
+    np.testing.assert_allclose(loss.numpy(), 2 * bias.sum(), rtol=1e-6)  # x @ 0 + b, 2 rows

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from ..autograd import Tensor, is_grad_enabled
 from ..backend_ndarray.recording import Recorder, value_id
 from ..errors import UserError
+from ..nn.nn_basic import structure_version
 from .fusion import fuse_elementwise
 from .plan import build_plan
 from .scalars import Sym, attribute_sym, plain
@@ -77,6 +78,7 @@ class Compiled:
         self.fuse = fuse
         self.cache_size = int(cache_size)
         self.modules, self.optimizers = _find_state(fn, track)
+        self._state = None  # (fingerprint, module list, parameter list): see _state_lists
         self.plans: OrderedDict = OrderedDict()  # signature key -> Plan
         self._seen = set()  # keys run once eagerly
         self.plan = None
@@ -163,7 +165,7 @@ class Compiled:
             if isinstance(x, Tensor):
                 a = x.realize_cached_data()
                 arrays.append(a)
-                parts.append(("tensor", a.shape, str(a.dtype), a.device.name, x.requires_grad))
+                parts.append(("tensor", a.shape, a.dtype, a.device.name, x.requires_grad))
             elif isinstance(x, (list, tuple)):
                 parts.append(type(x).__name__)
                 for y in x:
@@ -181,9 +183,25 @@ class Compiled:
         for k in sorted(kwargs):
             parts.append(("kw", k))
             add(kwargs[k])
-        flags = tuple(tuple(m.training for m in mod.modules_list()) for mod in self.modules)
-        params = tuple(id(p.cached_data) for p in self._parameters())
+        mods, params = self._state_lists()
+        flags = tuple(tuple(m.training for m in ms) for ms in mods)
+        params = tuple(id(p.cached_data) for p in params)
         return (tuple(parts), flags, params, is_grad_enabled()), arrays
+
+    def _state_lists(self):
+        """(per tracked module, its submodules; every parameter), walked again only when a
+        module gained, replaced or lost a parameter, submodule or container, or changed its
+        training flag (`nn.structure_version()`), or an optimizer's parameter list changed:
+        walking the module tree on every call cost 1.2 ms per MLPResNet step (8-9 ms)."""
+        state = self._state
+        stamp = (structure_version(),) + tuple(
+            (id(opt.params), len(opt.params)) for opt in self.optimizers)
+        if state is not None and state[0] == stamp:
+            return state[1], state[2]
+        mods = [mod.modules_list() for mod in self.modules]
+        params = self._parameters()
+        self._state = (stamp, mods, params)
+        return mods, params
 
     def _parameters(self):
         seen, out = set(), []

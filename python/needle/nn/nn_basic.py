@@ -28,6 +28,17 @@ def _walk(value: Any, prefix: str):
             yield from _walk(v, f"{prefix}.{i}" if prefix else str(i))
 
 
+_STRUCTURE_VERSION = [0]
+
+
+def structure_version() -> int:
+    """A number that changes whenever any Module gains, replaces or deletes a Parameter,
+    submodule or container attribute, or changes its `training` flag: what `needle.compile`
+    checks instead of walking the module tree on every call. (Items appended to a list
+    attribute in place are not seen.)"""
+    return _STRUCTURE_VERSION[0]
+
+
 class Module:
     """A layer or model: holds Parameters, buffers and submodules; `forward` does the math.
 
@@ -38,6 +49,16 @@ class Module:
 
     def __init__(self):
         self.training = True
+
+    def __setattr__(self, name, value):
+        if name == "training" or isinstance(value, (Parameter, Module, list, tuple, dict)) \
+                or isinstance(self.__dict__.get(name), (Parameter, Module, list, tuple, dict)):
+            _STRUCTURE_VERSION[0] += 1
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        _STRUCTURE_VERSION[0] += 1
+        object.__delattr__(self, name)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
