@@ -111,7 +111,7 @@ def test_augment_choices():
     assert kinds == [RandomFlipHorizontal, RandomCrop]
     with pytest.raises(ValueError, match="bogus"):
         train.engine._augmentation("bogus")
-    _one_line_error(_needle("train", "--augment", "rotate"), "--augment", "invalid choice")
+    _one_line_error(_needle("train", "--augment", "spin"), "--augment", "invalid choice")
 
 
 def test_user_errors_share_one_class(tmp_path):

@@ -26,6 +26,8 @@ train.TRAINER_PLUGINS.append(_trainer_plugin)  # data parallel under mpiexec
 from . import conv as _train_conv  # noqa: E402,F401  (--model cnn/resnet9, cifar10)
 from . import lm as _train_lm  # noqa: E402  (--model lstm-lm/..., shakespeare, text)
 train.TRAINER_PLUGINS.append(_train_lm.clip_plugin)  # gradient clipping for language models
+from . import segmentation as _train_seg  # noqa: E402  (--model fcn, mnist-seg)
+train.TRAINER_PLUGINS.append(_train_seg.check_models_fit)
 
 class AnomalyError(UserError, FloatingPointError):
     """`--detect-anomaly` found an op whose output or gradient is nan/inf."""
@@ -113,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "of --lr in epoch t), in front of --schedule, which then runs over the "
                         "remaining epochs")
     t.add_argument("--early-stopping", type=_POS_INT, default=None, metavar="PATIENCE",
-                   help="stop when the validation metric (accuracy; loss for language models) "
+                   help="stop when the validation metric (accuracy; mean IoU for "
+                        "segmentation; loss for language models) "
                         "has not improved for PATIENCE epochs, and end with the best epoch's "
                         "weights")
     t.add_argument("--init-from", default=None, metavar="CHECKPOINT",
@@ -122,11 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--freeze", action="append", default=None, metavar="PREFIX",
                    help="do not train parameters whose names start with PREFIX (repeatable; "
                         "`needle summary` shows the names)")
-    t.add_argument("--augment", default="none", choices=("none", "flip", "flip-shift"),
+    t.add_argument("--augment", default="none",
+                   choices=("none", "flip", "flip-shift", "rotate"),
                    help="fashion-mnist training images: random left-right flips, and with "
-                        "flip-shift also shifts of up to 2 pixels (cifar10 always flips and "
-                        "shifts by up to 4)")
+                        "flip-shift also shifts of up to 2 pixels; rotate: random rotations "
+                        "by up to 15 degrees (cifar10 always flips and shifts by up to 4)")
     t.add_argument("--hidden-dim", type=_POS_INT, default=100, help="hidden width")
+    _model_size_flags(t)
     t.add_argument("--seed", type=_number(int, 0), default=0,
                    help="seed of initialization, shuffling and dropout")
     t.add_argument("--out", default="runs/latest",
@@ -164,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "have the same inputs and classes)")
     e.add_argument("--data-dir", default=None,
                    help="folder holding the dataset files (default: the checkpoint's)")
+    e.add_argument("--tta", default=None, choices=("flip", "crop"),
+                   help="also report the accuracy of predictions averaged over test-time "
+                        "views: flip (the image and its mirror) or crop (AlexNet's ten "
+                        "patches: centre and corner shifts and their mirrors)")
     g = sub.add_parser("generate", help="sample text from a language-model checkpoint",
                        description="Sample text from a language-model checkpoint.")
     g.add_argument("checkpoint", help="a language-model checkpoint from `needle train`")
@@ -178,10 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, choices=sorted(train.MODELS), help="the model")
     s.add_argument("--dataset", default=None, metavar="NAME|DIR",
                    help="dataset that fixes the input and output sizes (default: mnist-small, "
-                        "shakespeare for language models)")
+                        "shakespeare for language models, mnist-seg for fcn)")
     s.add_argument("--data-dir", default=None, help="folder holding the dataset files")
     s.add_argument("--batch-size", type=_POS_INT, default=128, help="samples per batch")
     s.add_argument("--hidden-dim", type=_POS_INT, default=100, help="hidden width")
+    _model_size_flags(s)
     for flag in ("--bptt", "--num-layers", "--embedding-dim"):
         s.add_argument(flag, type=_POS_INT, default=None, help="as for `needle train`")
     s.add_argument("--depth", type=_POS_INT, default=3, help="module nesting shown")
@@ -193,6 +203,27 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--output", default=None, help="output file (default: CHECKPOINT.onnx)")
     x.add_argument("--batch-size", type=_POS_INT, default=1, help="batch size of the graph")
     return parser
+
+
+def _dense_blocks(text):
+    from .conv import parse_dense_blocks
+
+    try:
+        return ",".join(str(n) for n in parse_dense_blocks(text))
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+def _model_size_flags(p) -> None:
+    d = _train_conv
+    p.add_argument("--growth-rate", type=_POS_INT, default=None, metavar="K",
+                   help=f"densenet: channels each dense layer adds (default "
+                        f"{d.DENSENET_GROWTH_RATE}; the stem has 2K)")
+    p.add_argument("--dense-blocks", type=_dense_blocks, default=None, metavar="N,N,...",
+                   help=f"densenet: layers per dense block (default {d.DENSENET_BLOCKS})")
+    p.add_argument("--width", type=_POS_INT, default=None,
+                   help="fcn: channels of the first encoder stage, doubled per stage "
+                        "(default 16)")
 
 
 def _subparser(parser, name):
@@ -303,7 +334,13 @@ def _train(args) -> None:
         state["epoch_start"] = time.perf_counter()  # the next epoch's training starts now
         if not trainer.is_main:
             return
-        if "eval_perplexity" in record:
+        if "eval_mean_iou" in record:
+            print(f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} "
+                  f"pixel acc {record['train_pixel_accuracy']:.4f} mIoU "
+                  f"{record['train_mean_iou']:.4f}  valid loss {record['eval_loss']:.4f} "
+                  f"pixel acc {record['eval_pixel_accuracy']:.4f} mIoU "
+                  f"{record['eval_mean_iou']:.4f}  ({record['seconds']:.1f}s)", flush=True)
+        elif "eval_perplexity" in record:
             print(f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} "
                   f"ppl {record['train_perplexity']:.3f}  valid loss "
                   f"{record['eval_loss']:.4f} ppl {record['eval_perplexity']:.3f}  "
@@ -344,10 +381,20 @@ def _train(args) -> None:
     if summary.get("plot") is False:
         print(f"note: curves.png not written: matplotlib is not installed ({INSTALL_HINT})",
               flush=True)
+    artifacts = summary.get("artifacts") or {}
+    for name, written in artifacts.items():
+        if written is False:
+            print(f"note: {name} not written: matplotlib is not installed ({INSTALL_HINT})",
+                  flush=True)
     best = summary.get("best")
-    files = "metrics, " + ("curves.png, " if summary.get("plot") else "") + "checkpoints"
+    files = "metrics, " + ("curves.png, " if summary.get("plot") else "") + \
+        "".join(f"{name}, " for name, written in artifacts.items() if written) + "checkpoints"
     if best is None:
         print(f"done: no epoch trained; {files} in {args.out}")
+    elif "eval_mean_iou" in best:
+        print(f"done: best epoch {best['epoch']} of {trainer.epoch}: validation mean IoU "
+              f"{best['eval_mean_iou']:.4f} (pixel accuracy {best['eval_pixel_accuracy']:.4f}"
+              f"); {files} in {args.out}")
     elif "eval_perplexity" in best:
         print(f"done: best epoch {best['epoch']} of {trainer.epoch}: validation perplexity "
               f"{best['eval_perplexity']:.3f} (loss {best['eval_loss']:.4f}); {files} in "
@@ -364,7 +411,8 @@ def _summary_command(args) -> str:
 
     if args.dataset is None:
         lm_models = [n for n in train.MODELS if n.endswith("-lm")]
-        args.dataset = "shakespeare" if args.model in lm_models else "mnist-small"
+        args.dataset = "shakespeare" if args.model in lm_models else \
+            "mnist-seg" if args.model in _train_seg.SEGMENTATION_MODELS else "mnist-small"
     info = train.DATASETS[args.dataset](args)
     model = train.MODELS[args.model](info, args)
     task = train.TASKS[info.task]()

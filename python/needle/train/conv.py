@@ -1,5 +1,6 @@
 """Trainer plugin for convolutional models: `--model cnn` (SmallResNet on 28x28 grayscale
-images, flat or (1, 28, 28)) and `--model resnet9 --dataset cifar10 --data-dir DIR`.
+images, flat or (1, 28, 28)), `--model densenet` (DenseNet-BC, `--growth-rate`,
+`--dense-blocks`) and `--model resnet9 --dataset cifar10 --data-dir DIR`.
 
 Imported once from `cli.py`'s plugin section; it only registers names in `needle.train`.
 """
@@ -12,6 +13,7 @@ from ..autograd import no_grad
 from ..data import CIFAR10Dataset
 from ..data.data_transforms import Normalize, RandomCrop, RandomFlipHorizontal
 from ..errors import ConfigError, DataNotFoundError
+from ..models.densenet import DenseNet
 from .engine import DatasetInfo, register_dataset, register_model
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -58,6 +60,59 @@ def resnet9(info: DatasetInfo, args) -> nn.Module:
         raise ConfigError(f"--model resnet9: needs (3, 32, 32) images and 10 classes, dataset "
                          f"{info.name} gives {tuple(info.input_shape)} and {info.num_classes}")
     return ResNet9()
+
+
+DENSENET_GROWTH_RATE = 12
+DENSENET_BLOCKS = "6,6,6"
+
+
+def parse_dense_blocks(text: str) -> tuple:
+    """'6,6,6' -> (6, 6, 6): layers per dense block, each >= 1 (ConfigError otherwise)."""
+    try:
+        blocks = tuple(int(x) for x in str(text).split(","))
+    except ValueError:
+        blocks = ()
+    if not blocks or min(blocks) < 1:
+        raise ConfigError(f"--dense-blocks: expected layers per block as positive integers "
+                          f"separated by commas (e.g. {DENSENET_BLOCKS}), got {text!r}")
+    return blocks
+
+
+def _image_shape(info: DatasetInfo, model: str) -> tuple:
+    shape = tuple(info.input_shape)
+    if shape in ((784,), (28, 28)):
+        return (1, 28, 28)
+    if len(shape) == 3:
+        return shape
+    raise ConfigError(f"--model {model}: needs image inputs (C, H, W) or 784-pixel rows, "
+                      f"dataset {info.name} gives {shape}")
+
+
+@register_model("densenet")
+def densenet(info: DatasetInfo, args) -> nn.Module:
+    """DenseNet-BC with growth rate k = --growth-rate, --dense-blocks layers per block and a
+    stem of 2k features (the DenseNet-BC convention), on images or 784-pixel rows."""
+    if info.task != "classification":
+        raise ConfigError(f"--model densenet: classifies images; dataset {info.name} is a "
+                          f"{info.task} set")
+    shape = _image_shape(info, "densenet")
+    k = getattr(args, "growth_rate", None) or DENSENET_GROWTH_RATE
+    blocks = parse_dense_blocks(getattr(args, "dense_blocks", None) or DENSENET_BLOCKS)
+    return ImageDenseNet(shape, growth_rate=k, block_config=blocks, num_init_features=2 * k,
+                         in_channels=shape[0], num_classes=info.num_classes)
+
+
+class ImageDenseNet(DenseNet):
+    """DenseNet that also reads flattened rows, reshaped to `image_shape` (C, H, W)."""
+
+    def __init__(self, image_shape, **kw):
+        super().__init__(**kw)
+        self.image_shape = tuple(image_shape)
+
+    def forward(self, x):
+        if x.ndim == 2:  # (N, C*H*W) rows -> (N, C, H, W)
+            x = x.reshape((x.shape[0],) + self.image_shape)
+        return super().forward(x)
 
 
 
@@ -109,5 +164,6 @@ def evaluate_cifar10(model, dataloader, loss_fn=nn.SoftmaxLoss):
     return epoch_general_cifar10(dataloader, model, loss_fn(), None)
 
 
-__all__ = ["cifar10", "cnn", "resnet9", "CIFAR10_MEAN", "CIFAR10_STD", "epoch_general_cifar10",
-           "train_cifar10", "evaluate_cifar10"]
+__all__ = ["cifar10", "cnn", "resnet9", "densenet", "ImageDenseNet", "parse_dense_blocks",
+           "CIFAR10_MEAN", "CIFAR10_STD", "epoch_general_cifar10", "train_cifar10",
+           "evaluate_cifar10"]

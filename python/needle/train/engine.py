@@ -25,7 +25,7 @@ from .. import init, nn, optim
 from ..autograd import no_grad
 from ..data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
 from ..data.data_basic import NDArrayDataset
-from ..data.data_transforms import RandomCrop, RandomFlipHorizontal
+from ..data.data_transforms import RandomCrop, RandomFlipHorizontal, RandomRotation
 from ..errors import ConfigError, UserError
 from ..serialization import load_checkpoint, save_checkpoint
 from .run_config import apply_resume_config, check_data_matches, check_finite_record
@@ -79,6 +79,7 @@ class Task:
 
     primary_metric = "accuracy"
     higher_is_better = True
+    curve_metrics = None  # the metrics curves.png plots beside the loss (None: the default)
 
     def loaders(self, info: DatasetInfo, args) -> tuple:
         """(train iterable, eval iterable); each is iterated once per epoch."""
@@ -93,6 +94,11 @@ class Task:
 
     def metrics(self, loss_sum: float, correct: float, n: int) -> Dict[str, float]:
         return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
+
+    def write_artifacts(self, folder: str, title: str) -> Dict[str, bool]:
+        """Files besides the curves written after every epoch (e.g. predicted masks):
+        {file name: written}; False when a file was skipped (matplotlib missing)."""
+        return {}
 
 
 class ClassificationTask(Task):
@@ -208,21 +214,28 @@ def mnist_small(args) -> DatasetInfo:
                        NDArrayDataset(X[k:], y[k:]), input_shape=(784,), num_classes=10)
 
 
+AUGMENT_ROTATE_DEGREES = 15.0  # --augment rotate: angles uniform in [-15, 15] degrees
+
+
 def _augmentation(kind):
-    """The training transforms of --augment none|flip|flip-shift (None: none)."""
+    """The training transforms of --augment none|flip|flip-shift|rotate (None: none)."""
     if kind in (None, "none"):
         return None
     if kind == "flip":
         return [RandomFlipHorizontal()]
     if kind == "flip-shift":
         return [RandomFlipHorizontal(), RandomCrop(2)]
-    raise ConfigError(f"--augment: unknown augmentation {kind!r} (none, flip, flip-shift)")
+    if kind == "rotate":
+        return [RandomRotation(AUGMENT_ROTATE_DEGREES)]
+    raise ConfigError(f"--augment: unknown augmentation {kind!r} (none, flip, flip-shift, "
+                      f"rotate)")
 
 
 @register_dataset("fashion-mnist")
 def fashion_mnist(args) -> DatasetInfo:
     """Fashion-MNIST 60000/10000 from --data-dir or the Debian location. --augment flip: the
-    training images are flipped left-right (p=0.5); flip-shift: also shifted by up to 2 pixels."""
+    training images are flipped left-right (p=0.5); flip-shift: also shifted by up to 2 pixels;
+    rotate: rotated by a uniform angle in [-15, 15] degrees (nearest pixel, zero fill)."""
     paths = find_fashion_mnist(getattr(args, "data_dir", None))
     train = MNISTDataset(paths["train_images"], paths["train_labels"],
                          transforms=_augmentation(getattr(args, "augment", None)))
@@ -414,7 +427,9 @@ def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str,
                 for name in ("last.safetensors",) + (("best.safetensors",) if improved else ()):
                     remove_stale_temps(out, name)
                     save_checkpoint(os.path.join(out, name), model, optimizer, meta=meta)
-                summary["plot"] = plot_curves(os.path.join(out, "curves.png"), history, title)
+                summary["plot"] = plot_curves(os.path.join(out, "curves.png"), history, title,
+                                              metrics=task.curve_metrics)
+                summary["artifacts"] = task.write_artifacts(out, title)
                 if tb is not None:
                     tb.epoch(record)
             if on_epoch is not None:
@@ -435,7 +450,9 @@ def evaluate_checkpoint(path: str, args) -> Dict[str, Any]:
     """Rebuild the model saved in `path`, load its weights and evaluate it.
 
     `args.dataset` / `args.data_dir` override the checkpoint's own when not None; a dataset
-    that does not fit the checkpoint (other inputs or classes) raises ConfigError.
+    that does not fit the checkpoint (other inputs or classes) raises ConfigError. With
+    `args.tta` ("flip" or "crop") the result also holds the accuracy of the predictions
+    averaged over the test-time views (`train.tta.tta_accuracy`) beside the plain one.
     """
     ckpt = load_checkpoint(path)
     config = dict(ckpt.meta.get("config", {}))
@@ -453,9 +470,19 @@ def evaluate_checkpoint(path: str, args) -> Dict[str, Any]:
     task = TASKS[info.task]()
     run_args.batch_size = run_args.batch_size or 128
     _, eval_data = task.loaders(info, run_args)
+    tta = getattr(args, "tta", None)
+    if tta:
+        from .tta import check_tta
+
+        check_tta(path, info, tta)  # before the (long) plain evaluation
     trainer = Trainer(model, None, task, (), eval_data)
-    return {"checkpoint": path, "dataset": run_args.dataset, "epoch": ckpt.meta.get("epoch"),
-            **{f"eval_{k}": v for k, v in trainer.evaluate().items()}}
+    result = {"checkpoint": path, "dataset": run_args.dataset, "epoch": ckpt.meta.get("epoch"),
+              **{f"eval_{k}": v for k, v in trainer.evaluate().items()}}
+    if tta:
+        from .tta import tta_accuracy
+
+        result.update(tta_accuracy(model, info, tta, batch_size=max(run_args.batch_size, 500)))
+    return result
 
 
 class _Namespace:

@@ -18,7 +18,8 @@ __all__ = ["CONFIG_KEYS", "RESUMABLE", "run_config", "data_signature", "apply_re
 CONFIG_KEYS = ("model", "dataset", "data_dir", "hidden_dim", "optimizer", "lr", "weight_decay",
                "batch_size", "epochs", "seed", "schedule", "augment",
                "bptt", "clip", "num_layers", "embedding_dim",  # these four: language models
-               "warmup_epochs", "freeze", "init_from", "early_stopping")
+               "warmup_epochs", "freeze", "init_from", "early_stopping",
+               "growth_rate", "dense_blocks", "width")  # these three: densenet, fcn
 
 # What a resumed run may change: its length, where the data lives (a moved folder), and
 # nothing that changes the model, the optimizer or the data order.
