@@ -477,3 +477,34 @@ def test_text_folder_needs_valid_or_test(tmp_path):
     _one_line_error(_needle("train", "--model", "rnn-lm", "--dataset", str(tmp_path),
                             "--out", str(tmp_path / "o")), "neither valid.txt nor test.txt")
     assert not (tmp_path / "o").exists()
+
+
+def test_compiled_training_gives_the_same_run(tmp_path):
+    """`--compile` records the step once and replays it: the same losses, accuracies and
+    weights as the eager run (MLPResNet: BatchNorm, dropout from the seeded RNG, Adam), over
+    epochs whose last batch is short (256 samples, batch 48: a second signature)."""
+    runs = {}
+    for flag in ([], ["--compile"]):
+        out = tmp_path / ("compiled" if flag else "eager")
+        argv = ["train", *TINY, "--batch-size", "48", "--epochs", "3", "--out", str(out), *flag]
+        assert cli.main(argv) == 0
+        state = needle.serialization.load_checkpoint(str(out / "last.safetensors")).model_state
+        runs[bool(flag)] = (_records(out), state)
+    (eager, w_eager), (comp, w_comp) = runs[False], runs[True]
+    for a, b in zip(eager, comp):
+        for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"):
+            assert a[key] == b[key], (key, a[key], b[key])
+    assert w_eager and set(w_eager) == set(w_comp)
+    for name, value in w_eager.items():
+        np.testing.assert_array_equal(np.asarray(w_comp[name]), np.asarray(value),
+                                      err_msg=name)
+
+
+def test_compile_is_refused_for_language_models(tmp_path, capsys):
+    out = tmp_path / "lm"
+    assert cli.main(["train", "--model", "lstm-lm", "--dataset", "shakespeare", "--compile",
+                     "--max-steps", "1", "--no-progress", "--no-summary",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--compile" in err[0] and "lstm-lm" in err[0], err
+    assert not out.exists() or not any(out.iterdir())

@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "training process)")
     t.add_argument("--no-summary", action="store_true",
                    help="do not print the model summary at the start")
+    t.add_argument("--compile", action="store_true",
+                   help="record the training step once with needle.compile and replay it "
+                        "(classification models; the same numbers as without)")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="stop at the first op whose output or gradient is nan/inf, naming it")
     lm = "language models only; default %s"

@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 import numpy as np
 
 from .. import init, nn, optim
-from ..autograd import no_grad
+from ..autograd import Tensor, no_grad
+from ..compile import compile as _compile
 from ..data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
 from ..data.data_basic import NDArrayDataset
 from ..data.data_transforms import RandomCrop, RandomFlipHorizontal, RandomRotation
@@ -89,7 +90,8 @@ class Task:
         """Reset per-epoch state (e.g. a language model's hidden state)."""
 
     def batch(self, model, batch) -> tuple:
-        """Return (scalar loss Tensor, number of samples, number correct)."""
+        """Return (scalar loss Tensor, number of samples, number correct: a number, or a
+        0-d Tensor counted on the device, which a compiled step can return)."""
         raise NotImplementedError
 
     def metrics(self, loss_sum: float, correct: float, n: int) -> Dict[str, float]:
@@ -118,8 +120,16 @@ class ClassificationTask(Task):
         logits = model(X)
         loss = self.loss_fn(logits, y)
         pred = logits.realize_cached_data().argmax(axis=1)
-        correct = int((pred == y.realize_cached_data().astype(pred.dtype)).sum().item())
+        correct = Tensor.make_const((pred == y.realize_cached_data().astype(pred.dtype)).sum())
         return loss, y.shape[0], correct
+
+
+def _count(value) -> float:
+    """A task's `correct` (a number or a 0-d Tensor) as a Python number."""
+    if isinstance(value, Tensor):
+        v = float(value.realize_cached_data().item())
+        return int(v) if v.is_integer() else v
+    return value
 
 
 TASKS: Dict[str, type] = {"classification": ClassificationTask}
@@ -154,19 +164,48 @@ class Trainer:
         # every step; the epoch then ends early and `stopped` holds the reason
         self.stop_check: Optional[Callable[["Trainer"], Optional[str]]] = None
         self.stopped: Optional[str] = None
+        # True: the training step runs under needle.compile (recorded once, then replayed)
+        self.compile = False
+        self._compiled = None
+
+    def _step(self, batch):
+        """One training step on `batch`: (loss, samples, correct)."""
+        opt = self.optimizer
+        opt.reset_grad()
+        loss, n, correct = self.task.batch(self.model, batch)
+        loss.backward(create_graph=False)
+        for hook in self.after_backward:
+            hook(self)
+        opt.step()
+        return loss, n, correct
+
+    def _step_function(self):
+        """`_step`, or its `needle.compile`d form when `compile` is set (the batch's Tensors
+        in, the loss and the device-side count out; the values are read after it)."""
+        if not self.compile:
+            return self._step
+        if self._compiled is None:
+            def train_step(X, y):
+                loss, _, correct = self._step((X, y))
+                return loss, correct
+
+            self._compiled = _compile(train_step, track=(self.model, self.optimizer))
+
+        def step(batch):
+            loss, correct = self._compiled(batch[0], batch[1])
+            return loss, batch[1].shape[0], correct
+
+        return step
 
     def train_epoch(self) -> Dict[str, float]:
-        model, opt, task = self.model, self.optimizer, self.task
+        model, task = self.model, self.task
         model.train()
         task.start_epoch(True)
+        step = self._step_function()
         loss_sum, correct_sum, n_sum = 0.0, 0, 0
         for batch in self.train_data:
-            opt.reset_grad()
-            loss, n, correct = task.batch(model, batch)
-            loss.backward(create_graph=False)
-            for hook in self.after_backward:
-                hook(self)
-            opt.step()
+            loss, n, correct = step(batch)
+            correct = _count(correct)
             self.global_step += 1
             value = float(loss.realize_cached_data().item())
             loss_sum += value * n
@@ -192,7 +231,7 @@ class Trainer:
             for batch in (self.eval_data if data is None else data):
                 loss, n, correct = task.batch(model, batch)
                 loss_sum += float(loss.realize_cached_data().item()) * n
-                correct_sum += correct
+                correct_sum += _count(correct)
                 n_sum += n
         if data is None and self.reduce_eval_sums is not None:  # eval_data is a shard
             loss_sum, correct_sum, n_sum = self.reduce_eval_sums((loss_sum, correct_sum, n_sum))
@@ -328,6 +367,14 @@ def prepare_run(args):
                       scheduler=_scheduler(optimizer, args))
     for plugin in TRAINER_PLUGINS:
         plugin(trainer, args)
+    if getattr(args, "compile", False):
+        if type(task) is not ClassificationTask:
+            raise ConfigError(f"--compile: supported for the classification models, not for "
+                              f"--model {args.model} ({type(task).__name__})")
+        if trainer.after_backward:
+            raise ConfigError("--compile: not with data-parallel runs (the gradient "
+                              "all-reduce runs between backward and step)")
+        trainer.compile = True
     if ckpt is not None:
         check_data_matches(args.resume, ckpt.meta, info, ckpt.model_state, model)
         model.load_state_dict(ckpt.model_state)
