@@ -12,42 +12,23 @@ __all__ = ["export_checkpoint", "FORMATS"]
 FORMATS = ("onnx",)
 
 
-class _Config:
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def __getattr__(self, name):  # options the checkpoint does not record read as None
-        return None
-
-
 def export_checkpoint(path: str, fmt: str = "onnx", out: Optional[str] = None,
                       batch_size: int = 1, *, registry) -> str:
     """Rebuild the model saved in `path`, load its weights, trace it on one batch of its own
     evaluation data (`batch_size` rows; the ONNX graph has that batch size) and write
     `out` (default: the checkpoint's path with `.onnx`). Returns a one-line JSON report.
 
-    `registry` holds the trainer's `DATASETS`, `MODELS` and `TASKS` (`needle.train`); it is
+    `registry` is the trainer (`needle.train`: `rebuild_checkpoint`, `TASKS`); it is
     passed in so that this package does not import the trainer."""
     from ..autograd import Tensor as ndl_tensor
-    from ..serialization import load_checkpoint
     from .export import export
-
-    DATASETS, MODELS, TASKS = registry.DATASETS, registry.MODELS, registry.TASKS  # noqa: N806
 
     if fmt not in FORMATS:
         raise ConfigError(f"needle export: format {fmt!r} is not supported (choose from "
                           f"{', '.join(FORMATS)})")
-    ckpt = load_checkpoint(path)
-    config = dict(ckpt.meta.get("config", {}))
-    if config.get("model") not in MODELS or config.get("dataset") not in DATASETS:
-        raise ConfigError(f"{path}: checkpoint names model {config.get('model')!r} and dataset "
-                          f"{config.get('dataset')!r}, not both known here")
-    run_args = _Config(**config)
-    info = DATASETS[run_args.dataset](run_args)
-    model = MODELS[run_args.model](info, run_args)
-    model.load_state_dict(ckpt.model_state)
+    _, run_args, info, model = registry.rebuild_checkpoint(path)
     run_args.batch_size = batch_size
-    _, eval_data = TASKS[info.task]().loaders(info, run_args)
+    _, eval_data = registry.TASKS[info.task]().loaders(info, run_args)
     example = next(iter(eval_data))[0]
     if info.task == "classification":  # the evaluation loader batches at least 1000 rows
         example = ndl_tensor(example.numpy()[:batch_size])

@@ -9,11 +9,11 @@ train|eval|generate`), which imports the recipes and the data-parallel plugin.
 from . import engine
 from .engine import (
     DATASETS, MODELS, TASKS, TRAINER_PLUGINS, ClassificationTask, DatasetInfo, Task, Trainer,
-    evaluate_checkpoint, register_dataset, register_model, run_training,
+    evaluate_checkpoint, rebuild_checkpoint, register_dataset, register_model, run_training,
 )
 
 __all__ = [
     "engine", "DatasetInfo", "Task", "ClassificationTask", "Trainer", "DATASETS", "MODELS",
     "TASKS", "TRAINER_PLUGINS", "register_dataset", "register_model", "run_training",
-    "evaluate_checkpoint",
+    "evaluate_checkpoint", "rebuild_checkpoint",
 ]

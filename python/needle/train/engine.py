@@ -37,7 +37,7 @@ from .transfer import freeze_parameters, init_from_checkpoint
 __all__ = [
     "DatasetInfo", "Task", "ClassificationTask", "Trainer", "DATASETS", "MODELS", "TASKS",
     "TRAINER_PLUGINS", "register_dataset", "register_model", "run_training", "evaluate_checkpoint",
-    "prepare_run", "DivergedError",
+    "prepare_run", "DivergedError", "rebuild_checkpoint",
 ]
 
 
@@ -493,6 +493,25 @@ def run_training(args, on_batch=None, on_epoch=None, on_start=None) -> Dict[str,
     return record
 
 
+def rebuild_checkpoint(path: str, overrides: Optional[Dict[str, Any]] = None) -> tuple:
+    """(checkpoint, run arguments, DatasetInfo, model with its weights) of the run saved in
+    `path`, from the configuration it stores; `overrides` entries that are not None replace
+    it (`needle eval --dataset`). A dataset that does not fit the checkpoint raises
+    ConfigError."""
+    ckpt = load_checkpoint(path)
+    config = dict(ckpt.meta.get("config", {}))
+    config.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if config.get("model") not in MODELS or config.get("dataset") not in DATASETS:
+        raise ConfigError(f"{path}: checkpoint names model {config.get('model')!r} and dataset "
+                          f"{config.get('dataset')!r}, not both known here")
+    run_args = _Namespace(**config)
+    info = DATASETS[run_args.dataset](run_args)
+    model = MODELS[run_args.model](info, run_args)
+    check_data_matches(path, ckpt.meta, info, ckpt.model_state, model)
+    model.load_state_dict(ckpt.model_state)
+    return ckpt, run_args, info, model
+
+
 def evaluate_checkpoint(path: str, args) -> Dict[str, Any]:
     """Rebuild the model saved in `path`, load its weights and evaluate it.
 
@@ -501,19 +520,8 @@ def evaluate_checkpoint(path: str, args) -> Dict[str, Any]:
     `args.tta` ("flip" or "crop") the result also holds the accuracy of the predictions
     averaged over the test-time views (`train.tta.tta_accuracy`) beside the plain one.
     """
-    ckpt = load_checkpoint(path)
-    config = dict(ckpt.meta.get("config", {}))
-    for k in ("dataset", "data_dir"):
-        if getattr(args, k, None) is not None:
-            config[k] = getattr(args, k)
-    if config.get("model") not in MODELS or config.get("dataset") not in DATASETS:
-        raise ConfigError(f"{path}: checkpoint names model {config.get('model')!r} and dataset "
-                         f"{config.get('dataset')!r}, not both known here")
-    run_args = _Namespace(**config)
-    info = DATASETS[run_args.dataset](run_args)
-    model = MODELS[run_args.model](info, run_args)
-    check_data_matches(path, ckpt.meta, info, ckpt.model_state, model)
-    model.load_state_dict(ckpt.model_state)
+    ckpt, run_args, info, model = rebuild_checkpoint(
+        path, {k: getattr(args, k, None) for k in ("dataset", "data_dir")})
     task = TASKS[info.task]()
     run_args.batch_size = run_args.batch_size or 128
     _, eval_data = task.loaders(info, run_args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 from ..errors import ConfigError
+from ..nn.nn_utils import load_matching_state_dict
 from ..serialization import load_checkpoint
 
 __all__ = ["init_from_checkpoint", "freeze_parameters"]
@@ -15,26 +16,15 @@ def init_from_checkpoint(model, path: str) -> Tuple[List[str], List[str]]:
     """Copy into `model` every tensor of the checkpoint at `path` whose name and shape match.
 
     Returns (loaded names, skipped descriptions): a skipped entry says why, e.g.
-    'linear.weight: (100, 10) there, (100, 5) here' or 'fc.bias: not in the checkpoint'.
+    'linear.weight: (100, 10) there, (100, 5) here' or 'fc.bias: not in the state'
+    (`nn.utils.load_matching_state_dict`).
     Raises ConfigError when nothing matches (another kind of model).
     """
-    state = load_checkpoint(path).model_state
-    mine = model.state_dict()
-    matching, skipped = {}, []
-    for name, value in mine.items():
-        theirs = state.get(name)
-        if theirs is None:
-            skipped.append(f"{name}: not in the checkpoint")
-        elif tuple(theirs.shape) != tuple(value.shape):
-            skipped.append(f"{name}: {tuple(theirs.shape)} there, {tuple(value.shape)} here")
-        else:
-            matching[name] = theirs
-    skipped += [f"{name}: not in this model" for name in state if name not in mine]
-    if not matching:
+    loaded, skipped = load_matching_state_dict(model, load_checkpoint(path).model_state)
+    if not loaded:
         raise ConfigError(f"--init-from {path}: no tensor of the checkpoint matches this "
                           f"model by name and shape")
-    model.load_state_dict(matching, strict=False)
-    return sorted(matching), skipped
+    return loaded, skipped
 
 
 def freeze_parameters(model, prefixes: Sequence[str]) -> List[str]:
