@@ -136,13 +136,19 @@ def test_state_dict_round_trip_continues_identically():
         optim.SGD([w2], lr=0.1).load_state_dict(state)
 
 
-def test_clip_grad_norm_matches_torch():
+def _grads_in_both():
+    """(w, b, tw, tb): the same least-squares gradients in needle and in torch."""
     w, b = nn.Parameter(ndl.Tensor(W0.copy())), nn.Parameter(ndl.Tensor(B0.copy()))
     tw, tb = torch.tensor(W0.copy(), requires_grad=True), torch.tensor(B0.copy(),
                                                                        requires_grad=True)
     d = ndl.Tensor(X, requires_grad=False) @ w + b
     (d * d).sum().backward()
     ((torch.tensor(X) @ tw + tb) ** 2).sum().backward()
+    return w, b, tw, tb
+
+
+def test_clip_grad_norm_matches_torch():
+    w, b, tw, tb = _grads_in_both()
     total = optim.clip_grad_norm([w, b], 0.5)
     ttotal = torch.nn.utils.clip_grad_norm_([tw, tb], 0.5)
     assert total == pytest.approx(float(ttotal), rel=1e-5)
@@ -207,12 +213,7 @@ def test_linear_warmup_then_cosine():
 
 
 def test_clip_grad_value_matches_torch():
-    w, b = nn.Parameter(ndl.Tensor(W0.copy())), nn.Parameter(ndl.Tensor(B0.copy()))
-    tw, tb = torch.tensor(W0.copy(), requires_grad=True), torch.tensor(B0.copy(),
-                                                                       requires_grad=True)
-    d = ndl.Tensor(X, requires_grad=False) @ w + b
-    (d * d).sum().backward()
-    ((torch.tensor(X) @ tw + tb) ** 2).sum().backward()
+    w, b, tw, tb = _grads_in_both()
     before = w.grad.numpy().copy()
     optim.clip_grad_value([w, b], 2.5)
     torch.nn.utils.clip_grad_value_([tw, tb], 2.5)
