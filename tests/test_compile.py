@@ -39,6 +39,18 @@ def _mlp():
     return model, opt, batch, lambda m, x, y: nn.SoftmaxLoss()(m(x), y)
 
 
+def _train_step(model, opt, loss_fn, create_graph=True):
+    """The course's training step as a function of the batch (what these tests compile)."""
+    def step(x, y):
+        opt.reset_grad()
+        loss = loss_fn(model, x, y)
+        loss.backward(create_graph=create_graph)
+        opt.step()
+        return loss
+
+    return step
+
+
 def _cnn():
     wl = _workloads()
     np.random.seed(0)
@@ -193,12 +205,7 @@ def test_branch_on_a_hyperparameter_re_records():
 def test_new_batch_shape_and_eval_mode_record_new_plans():
     model, opt, batch, loss_fn = _mlp()
 
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = _train_step(model, opt, loss_fn)
 
     f = ndl.compile(step, explain=True)
     x, y = batch(0)
@@ -241,12 +248,7 @@ def test_replays_keep_memory_flat():
         pytest.skip("RSS is read from /proc/self/statm (Linux)")
     model, opt, batch, loss_fn = _mlp()
 
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = _train_step(model, opt, loss_fn)
 
     f = ndl.compile(step)
     x, y = batch(0)
@@ -305,12 +307,7 @@ def test_replay_outputs_are_fresh_tensors():
 def test_plan_lists_kernels_and_buffers():
     model, opt, batch, loss_fn = _mlp()
 
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward(create_graph=False)
-        opt.step()
-        return loss
+    step = _train_step(model, opt, loss_fn, create_graph=False)
 
     f = ndl.compile(step)
     x, y = batch(0)
@@ -493,12 +490,7 @@ def test_replay_peak_memory_is_at_most_eager():
 
     model, opt, batch, loss_fn = _mlp()
 
-    def step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward(create_graph=False)
-        opt.step()
-        return loss
+    step = _train_step(model, opt, loss_fn, create_graph=False)
 
     x, y = batch(0)
     args = (ndl.Tensor(x, requires_grad=False), ndl.Tensor(y, requires_grad=False))
