@@ -85,17 +85,17 @@ class RowThreads:
             return 1
         return min(self.threads, n_rows)
 
-    def run(self, fn, n_rows: int, n_blocks: int) -> None:
-        """fn(lo, hi) for `n_blocks` contiguous blocks covering range(n_rows); the calling
-        thread runs the last block. Exceptions propagate."""
+    def run(self, fn, n_rows: int, n_blocks: int) -> list:
+        """[fn(lo, hi) for `n_blocks` contiguous blocks covering range(n_rows)], in block
+        order; the calling thread runs the last block. Exceptions propagate."""
         bounds = [n_rows * i // n_blocks for i in range(n_blocks + 1)]
         pool = self._get_pool()
         futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(n_blocks - 1)]
         try:
-            fn(bounds[-2], bounds[-1])
+            last = fn(bounds[-2], bounds[-1])
         finally:
-            for f in futures:
-                f.result()
+            results = [f.result() for f in futures]
+        return results + [last]
 
     def _get_pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -104,6 +104,14 @@ class RowThreads:
                                                 thread_name_prefix="needle-cpu")
                 self._pid = os.getpid()
             return self._pool
+
+
+def _sum_blocks(parts):
+    """The blocks' partial sums added in block order (a new array)."""
+    total = parts[0].copy()
+    for part in parts[1:]:
+        total += part
+    return total
 
 
 class ParallelCPUKernels:
@@ -164,7 +172,7 @@ class ParallelCPUKernels:
         base = super()._layer_norm_fwd
 
         def block(lo, hi):
-            y[lo:hi], mean[lo:hi], rstd[lo:hi] = base(x2[lo:hi], weight, bias, eps)
+            _, mean[lo:hi], rstd[lo:hi] = base(x2[lo:hi], weight, bias, eps, out=y[lo:hi])
 
         self._threads.run(block, n, k)
         lead = x.shape[:-1]
@@ -180,22 +188,18 @@ class ParallelCPUKernels:
             return super()._layer_norm_bwd(dy, x, mean, rstd, weight)
         xp = self.xp
         dx = xp.empty(x2.shape, dtype=x.dtype)
-        parts = {}  # block start -> (dweight, dbias) of its rows
         base = super()._layer_norm_bwd
 
         def block(lo, hi):
-            dx[lo:hi], dw, db = base(dy2[lo:hi], x2[lo:hi], m2[lo:hi], r2[lo:hi], weight)
-            parts[lo] = (dw, db)
+            _, dw, db = base(dy2[lo:hi], x2[lo:hi], m2[lo:hi], r2[lo:hi], weight,
+                             out=dx[lo:hi])
+            return dw, db
 
-        self._threads.run(block, n, k)
+        parts = self._threads.run(block, n, k)
         if weight is None:
             return dx.reshape(x.shape), None, None
-        ordered = [parts[lo] for lo in sorted(parts)]
-        dw, db = ordered[0][0].copy(), ordered[0][1].copy()
-        for w_part, b_part in ordered[1:]:
-            dw += w_part
-            db += b_part
-        return dx.reshape(x.shape), dw, db
+        return (dx.reshape(x.shape), _sum_blocks([p[0] for p in parts]),
+                _sum_blocks([p[1] for p in parts]))
 
     # ---- batch norm: blocks of rows of the (rows, C) matrix ---------------------------------
     def _rows_by_channel(self, a, axes):
@@ -224,29 +228,16 @@ class ParallelCPUKernels:
         xp = self.xp
         rows, c = x2.shape
         y = xp.empty_like(x2)
-        sums = {}  # block start -> its partial sums
         run = self._threads.run
-
-        def total(parts):
-            ordered = [parts[lo] for lo in sorted(parts)]
-            out = ordered[0].copy()
-            for part in ordered[1:]:
-                out += part
-            return out
-
-        def block_sum(lo, hi):
-            sums[lo] = xp.ones((hi - lo,), dtype=x.dtype) @ x2[lo:hi]
-
-        run(block_sum, rows, k)
-        mean = total(sums) / rows
 
         def block_var(lo, hi):
             yb = y[lo:hi]
             xp.subtract(x2[lo:hi], mean, out=yb)
-            sums[lo] = xp.einsum("ij,ij->j", yb, yb)
+            return xp.einsum("ij,ij->j", yb, yb)
 
-        run(block_var, rows, k)
-        var = total(sums) / rows
+        mean = _sum_blocks(run(lambda lo, hi: xp.ones((hi - lo,), dtype=x.dtype) @ x2[lo:hi],
+                               rows, k)) / rows
+        var = _sum_blocks(run(block_var, rows, k)) / rows
         rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
         scale = rstd if weight is None else rstd * weight.reshape(c)
 
@@ -267,7 +258,6 @@ class ParallelCPUKernels:
         xp = self.xp
         rows, c = x2.shape
         dx = xp.empty_like(x2)  # holds xh until the second pass overwrites it
-        parts = {}  # block start -> (sum dy, sum dy * xh) of its rows
         mean, rstd = mean.reshape(c), rstd.reshape(c)
 
         def block_sums(lo, hi):
@@ -275,14 +265,10 @@ class ParallelCPUKernels:
             xp.subtract(x2[lo:hi], mean, out=xh)
             xh *= rstd
             d = dy2[lo:hi]
-            parts[lo] = (xp.ones((hi - lo,), dtype=d.dtype) @ d, xp.einsum("ij,ij->j", d, xh))
+            return xp.ones((hi - lo,), dtype=d.dtype) @ d, xp.einsum("ij,ij->j", d, xh)
 
-        self._threads.run(block_sums, rows, k)
-        ordered = [parts[lo] for lo in sorted(parts)]
-        db, dw = ordered[0][0].copy(), ordered[0][1].copy()
-        for b_part, w_part in ordered[1:]:
-            db += b_part
-            dw += w_part
+        parts = self._threads.run(block_sums, rows, k)
+        db, dw = _sum_blocks([p[0] for p in parts]), _sum_blocks([p[1] for p in parts])
         scale = rstd * weight.reshape(c) if weight is not None else rstd
 
         def block_dx(lo, hi):

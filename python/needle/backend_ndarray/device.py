@@ -223,7 +223,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         out[xp.arange(z.shape[0]), labels] -= 1
         out *= scale
 
-    def _layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
+    def _layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, out=None):
         """y = (x - mean) * rstd * weight + bias over the last axis of x (..., D).
 
         weight/bias are (D,) or None. Returns (y, mean, rstd), the statistics of shape
@@ -233,7 +233,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         d = x.shape[-1]
         x2 = x.reshape(-1, d)
         mean = x2 @ xp.full((d,), 1.0 / d, dtype=x.dtype)
-        y = x2 - mean[:, None]
+        y = xp.subtract(x2, mean[:, None], out=out)  # `out`: (rows, D) to write y into
         var = xp.einsum("ij,ij->i", y, y) / d
         rstd = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
         y *= rstd[:, None]
@@ -244,7 +244,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         lead = x.shape[:-1]
         return y.reshape(x.shape), mean.reshape(lead), rstd.reshape(lead)
 
-    def _layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
+    def _layer_norm_bwd(self, dy, x, mean, rstd, weight=None, out=None):
         """Gradients of `layer_norm_fwd`: (dx, dweight, dbias); the last two None without weight.
 
         dx = rstd * (dxh - mean(dxh) - xh * mean(dxh * xh)), xh = (x - mean) * rstd and
@@ -266,7 +266,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         c1 = dxh @ xp.full((d,), 1.0 / d, dtype=x.dtype)
         c2 = xp.einsum("ij,ij->i", dxh, xh) / d
         xh *= c2[:, None]
-        dx = dxh - c1[:, None]
+        dx = xp.subtract(dxh, c1[:, None], out=out)  # `out`: (rows, D) to write dx into
         dx -= xh
         dx *= r
         return dx.reshape(x.shape), dw, db
