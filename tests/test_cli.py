@@ -105,12 +105,12 @@ def test_corrupt_checkpoint(tmp_path):
 def test_augment_choices():
     from needle.data.data_transforms import RandomCrop, RandomFlipHorizontal
 
-    assert train.engine._augmentation("none") is None
-    assert [type(t) for t in train.engine._augmentation("flip")] == [RandomFlipHorizontal]
-    kinds = [type(t) for t in train.engine._augmentation("flip-shift")]
+    assert train.mnist.augmentation("none") is None
+    assert [type(t) for t in train.mnist.augmentation("flip")] == [RandomFlipHorizontal]
+    kinds = [type(t) for t in train.mnist.augmentation("flip-shift")]
     assert kinds == [RandomFlipHorizontal, RandomCrop]
     with pytest.raises(ValueError, match="bogus"):
-        train.engine._augmentation("bogus")
+        train.mnist.augmentation("bogus")
     _one_line_error(_needle("train", "--augment", "spin"), "--augment", "invalid choice")
 
 
@@ -130,7 +130,7 @@ def test_user_errors_share_one_class(tmp_path):
             find_fashion_mnist(str(tmp_path / "nowhere"))
         assert isinstance(info.value, UserError) and isinstance(info.value, FileNotFoundError)
     with pytest.raises(UserError, match="bogus"):
-        train.engine._augmentation("bogus")
+        train.mnist.augmentation("bogus")
 
 
 def test_a_bug_keeps_its_traceback(monkeypatch, capsys):

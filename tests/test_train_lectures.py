@@ -247,7 +247,7 @@ def test_crop_tta_matches_views_built_with_numpy(tmp_path, capsys):
 # ---- augmentation ------------------------------------------------------------------------------
 
 def test_augment_rotate_is_random_rotation():
-    kinds = train.engine._augmentation("rotate")
+    kinds = train.mnist.augmentation("rotate")
     assert [type(t) for t in kinds] == [RandomRotation] and kinds[0].degrees == 15.0
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--augment", "rotate"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import math
 import os
 import sys
 import time
@@ -17,17 +16,11 @@ from typing import List, Optional
 
 from .. import __version__, optim
 from . import engine as train
+from ..distributed import abort_on_error as _abort_on_error
 from ..errors import UserError
+from .flags import NONNEG_FLOAT, NONNEG_INT, POS_FLOAT, POS_INT
 
-# ---- plugins: each line imports a module that registers datasets/models/tasks in needle.train --
-from ..distributed import abort_on_error as _abort_on_error  # noqa: E402
-from ..distributed.plugin import trainer_plugin as _trainer_plugin  # noqa: E402
-train.TRAINER_PLUGINS.append(_trainer_plugin)  # data parallel under mpiexec
-from . import conv as _train_conv  # noqa: E402,F401  (--model cnn/resnet9, cifar10)
-from . import lm as _train_lm  # noqa: E402  (--model lstm-lm/..., shakespeare, text)
-train.TRAINER_PLUGINS.append(_train_lm.clip_plugin)  # gradient clipping for language models
-from . import segmentation as _train_seg  # noqa: E402  (--model fcn, mnist-seg)
-train.TRAINER_PLUGINS.append(_train_seg.check_models_fit)
+from . import recipes as _recipes  # registers the datasets, models, flags and plugins
 
 class AnomalyError(UserError, FloatingPointError):
     """`--detect-anomaly` found an op whose output or gradient is nan/inf."""
@@ -56,27 +49,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _number(kind, low=None, high=None, low_open=False, what=None):
-    """An argparse type: a finite int/float in [low, high] (low excluded with low_open)."""
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-        if low is not None and (value <= low if low_open else value < low):
-            raise argparse.ArgumentTypeError(
-                f"must be {'>' if low_open else '>='} {low}, got {text}")
-        if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
-        return value
-    parse.__name__ = what or kind.__name__
-    return parse
-
-
-_POS_INT = _number(int, 1, what="int")
-_POS_FLOAT = _number(float, 0, low_open=True, what="float")
+_HIDDEN_HELP = (f"hidden width (default {_recipes.mnist.MLP_RESNET_HIDDEN_DIM} for mlp-resnet, "
+                f"{_recipes.lm.LM_DEFAULTS['hidden_dim']} for the language models)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,26 +69,26 @@ def build_parser() -> argparse.ArgumentParser:
                         f"train.txt and valid.txt or test.txt (same as --dataset text "
                         f"--data-dir DIR)")
     t.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    t.add_argument("--epochs", type=_POS_INT, default=10, help="epochs to train")
-    t.add_argument("--max-steps", type=_POS_INT, default=None,
+    t.add_argument("--epochs", type=POS_INT, default=10, help="epochs to train")
+    t.add_argument("--max-steps", type=POS_INT, default=None,
                    help="stop after this many optimizer steps in all (the epoch it ends in is "
                         "evaluated and saved)")
-    t.add_argument("--max-time", type=_POS_FLOAT, default=None, metavar="SECONDS",
+    t.add_argument("--max-time", type=POS_FLOAT, default=None, metavar="SECONDS",
                    help="stop after the step that passes this many seconds of wall time")
-    t.add_argument("--batch-size", type=_POS_INT, default=128, help="samples per batch")
+    t.add_argument("--batch-size", type=POS_INT, default=128, help="samples per batch")
     t.add_argument("--optimizer", default="adam", choices=sorted(optim.OPTIMIZERS),
                    help="optimizer")
-    t.add_argument("--lr", type=_POS_FLOAT, default=0.002, help="learning rate")
-    t.add_argument("--weight-decay", type=_number(float, 0), default=0.0,
+    t.add_argument("--lr", type=POS_FLOAT, default=0.002, help="learning rate")
+    t.add_argument("--weight-decay", type=NONNEG_FLOAT, default=0.0,
                    help="L2 weight decay added to the gradient")
     t.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
                    help="learning rate per epoch: constant, or cosine annealing to 0 over "
                         "--epochs")
-    t.add_argument("--warmup-epochs", type=_number(int, 0), default=0, metavar="W",
+    t.add_argument("--warmup-epochs", type=NONNEG_INT, default=0, metavar="W",
                    help="linear learning-rate warm-up over the first W epochs (lr (t+1)/(W+1) "
                         "of --lr in epoch t), in front of --schedule, which then runs over the "
                         "remaining epochs")
-    t.add_argument("--early-stopping", type=_POS_INT, default=None, metavar="PATIENCE",
+    t.add_argument("--early-stopping", type=POS_INT, default=None, metavar="PATIENCE",
                    help="stop when the validation metric (accuracy; mean IoU for "
                         "segmentation; loss for language models) "
                         "has not improved for PATIENCE epochs, and end with the best epoch's "
@@ -125,14 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--freeze", action="append", default=None, metavar="PREFIX",
                    help="do not train parameters whose names start with PREFIX (repeatable; "
                         "`needle summary` shows the names)")
-    t.add_argument("--augment", default="none",
-                   choices=("none", "flip", "flip-shift", "rotate"),
-                   help="fashion-mnist training images: random left-right flips, and with "
-                        "flip-shift also shifts of up to 2 pixels; rotate: random rotations "
-                        "by up to 15 degrees (cifar10 always flips and shifts by up to 4)")
-    t.add_argument("--hidden-dim", type=_POS_INT, default=100, help="hidden width")
-    _model_size_flags(t)
-    t.add_argument("--seed", type=_number(int, 0), default=0,
+    t.add_argument("--hidden-dim", type=POS_INT, default=None,
+                   help=_HIDDEN_HELP)
+    t.add_argument("--seed", type=NONNEG_INT, default=0,
                    help="seed of initialization, shuffling and dropout")
     t.add_argument("--out", default="runs/latest",
                    help="output folder (with --resume: the checkpoint's folder)")
@@ -143,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write TensorBoard event files to OUT/tensorboard (needs "
                         "tensorboardX: pip install -e '.[tensorboard]')")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    t.add_argument("--workers", type=_number(int, 0, what="int"), default=0,
+    t.add_argument("--workers", type=NONNEG_INT, default=0,
                    help="processes preparing training batches ahead of the loop (0: in the "
                         "training process)")
     t.add_argument("--no-summary", action="store_true",
@@ -153,16 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(classification models; the same numbers as without)")
     t.add_argument("--detect-anomaly", action="store_true",
                    help="stop at the first op whose output or gradient is nan/inf, naming it")
-    lm = "language models only; default %s"
-    d = _train_lm.LM_DEFAULTS
-    t.add_argument("--bptt", type=_POS_INT, default=None,
-                   help=f"tokens per truncated window ({lm % d['bptt']})")
-    t.add_argument("--clip", type=_number(float, 0), default=None,
-                   help=f"max global gradient norm, 0 for none ({lm % d['clip']})")
-    t.add_argument("--num-layers", type=_POS_INT, default=None,
-                   help=f"recurrent/attention layers ({lm % d['num_layers']})")
-    t.add_argument("--embedding-dim", type=_POS_INT, default=None,
-                   help=f"embedding width ({lm % d['embedding_dim']})")
+    for declare in train.RECIPE_FLAGS:  # each recipe's own flags
+        declare(t, "train")
     e = sub.add_parser("eval", help="evaluate a checkpoint",
                        description="Evaluate a checkpoint on its validation data (or on "
                                    "--dataset); prints one JSON line.")
@@ -180,10 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample text from a language-model checkpoint.")
     g.add_argument("checkpoint", help="a language-model checkpoint from `needle train`")
     g.add_argument("--prompt", default="\n", help="text the sample continues (default: a newline)")
-    g.add_argument("--tokens", type=_POS_INT, default=200, help="tokens to sample")
-    g.add_argument("--temperature", type=_POS_FLOAT, default=0.8,
+    g.add_argument("--tokens", type=POS_INT, default=200, help="tokens to sample")
+    g.add_argument("--temperature", type=POS_FLOAT, default=0.8,
                    help="softmax temperature (lower: more conservative)")
-    g.add_argument("--seed", type=_number(int, 0), default=0, help="sampling seed")
+    g.add_argument("--seed", type=NONNEG_INT, default=0, help="sampling seed")
     s = sub.add_parser("summary", help="print a model's layers, output shapes and parameters",
                        description="Print a model's layers, output shapes on one batch and "
                                    "parameter counts (as `needle train` does at its start).")
@@ -192,41 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset that fixes the input and output sizes (default: mnist-small, "
                         "shakespeare for language models, mnist-seg for fcn)")
     s.add_argument("--data-dir", default=None, help="folder holding the dataset files")
-    s.add_argument("--batch-size", type=_POS_INT, default=128, help="samples per batch")
-    s.add_argument("--hidden-dim", type=_POS_INT, default=100, help="hidden width")
-    _model_size_flags(s)
-    for flag in ("--bptt", "--num-layers", "--embedding-dim"):
-        s.add_argument(flag, type=_POS_INT, default=None, help="as for `needle train`")
-    s.add_argument("--depth", type=_POS_INT, default=3, help="module nesting shown")
+    s.add_argument("--batch-size", type=POS_INT, default=128, help="samples per batch")
+    s.add_argument("--hidden-dim", type=POS_INT, default=None, help=_HIDDEN_HELP)
+    for declare in train.RECIPE_FLAGS:
+        declare(s, "summary")
+    s.add_argument("--depth", type=POS_INT, default=3, help="module nesting shown")
     x = sub.add_parser("export", help="write a checkpoint's model as ONNX",
                        description="Trace a checkpoint's model (eval mode) on one batch of its "
                                    "data and write it as ONNX (needs the onnx extra).")
     x.add_argument("checkpoint", help="a .safetensors file written by `needle train`")
     x.add_argument("--format", default="onnx", choices=["onnx"], help="output format")
     x.add_argument("--output", default=None, help="output file (default: CHECKPOINT.onnx)")
-    x.add_argument("--batch-size", type=_POS_INT, default=1, help="batch size of the graph")
+    x.add_argument("--batch-size", type=POS_INT, default=1, help="batch size of the graph")
     return parser
-
-
-def _dense_blocks(text):
-    from .conv import parse_dense_blocks
-
-    try:
-        return ",".join(str(n) for n in parse_dense_blocks(text))
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
-
-
-def _model_size_flags(p) -> None:
-    d = _train_conv
-    p.add_argument("--growth-rate", type=_POS_INT, default=None, metavar="K",
-                   help=f"densenet: channels each dense layer adds (default "
-                        f"{d.DENSENET_GROWTH_RATE}; the stem has 2K)")
-    p.add_argument("--dense-blocks", type=_dense_blocks, default=None, metavar="N,N,...",
-                   help=f"densenet: layers per dense block (default {d.DENSENET_BLOCKS})")
-    p.add_argument("--width", type=_POS_INT, default=None,
-                   help="fcn: channels of the first encoder stage, doubled per stage "
-                        "(default 16)")
 
 
 def _subparser(parser, name):
@@ -413,9 +352,7 @@ def _summary_command(args) -> str:
     from .summary import model_summary
 
     if args.dataset is None:
-        lm_models = [n for n in train.MODELS if n.endswith("-lm")]
-        args.dataset = "shakespeare" if args.model in lm_models else \
-            "mnist-seg" if args.model in _train_seg.SEGMENTATION_MODELS else "mnist-small"
+        args.dataset = train.MODEL_DATASETS.get(args.model, "mnist-small")
     info = train.DATASETS[args.dataset](args)
     model = train.MODELS[args.model](info, args)
     task = train.TASKS[info.task]()
@@ -452,7 +389,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.out = os.path.dirname(args.resume) or "."
             _train(args)
         elif args.command == "generate":
-            print(_train_lm.generate_text(args.checkpoint, args.prompt, args.tokens,
+            print(_recipes.lm.generate_text(args.checkpoint, args.prompt, args.tokens,
                                           args.temperature, args.seed))
         elif args.command == "summary":
             print(_summary_command(args))

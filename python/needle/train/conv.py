@@ -2,19 +2,24 @@
 images, flat or (1, 28, 28)), `--model densenet` (DenseNet-BC, `--growth-rate`,
 `--dense-blocks`) and `--model resnet9 --dataset cifar10 --data-dir DIR`.
 
-Imported once from `cli.py`'s plugin section; it only registers names in `needle.train`.
+Imported once from `recipes.py`; it only registers names in `needle.train`. The course's hw4
+loops (`epoch_general_cifar10`, `train_cifar10`, `evaluate_cifar10`) run on the Trainer.
 """
 from __future__ import annotations
 
 import numpy as np
 
+import argparse
+
 from .. import nn, optim
-from ..autograd import no_grad
 from ..data import CIFAR10Dataset
 from ..data.data_transforms import Normalize, RandomCrop, RandomFlipHorizontal
 from ..errors import ConfigError, DataNotFoundError
 from ..models.densenet import DenseNet
-from .engine import DatasetInfo, register_dataset, register_model
+from ..errors import UserError
+from .engine import ClassificationTask, DatasetInfo, Trainer, register_dataset, register_flags
+from .engine import register_model
+from .flags import POS_INT
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -78,6 +83,23 @@ def parse_dense_blocks(text: str) -> tuple:
     return blocks
 
 
+def _dense_blocks_flag(text):
+    try:
+        return ",".join(str(n) for n in parse_dense_blocks(text))
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+@register_flags("growth_rate", "dense_blocks")
+def _flags(parser, command: str) -> None:
+    parser.add_argument("--growth-rate", type=POS_INT, default=None, metavar="K",
+                        help=f"densenet: channels each dense layer adds (default "
+                             f"{DENSENET_GROWTH_RATE}; the stem has 2K)")
+    parser.add_argument("--dense-blocks", type=_dense_blocks_flag, default=None,
+                        metavar="N,N,...",
+                        help=f"densenet: layers per dense block (default {DENSENET_BLOCKS})")
+
+
 def _image_shape(info: DatasetInfo, model: str) -> tuple:
     shape = tuple(info.input_shape)
     if shape in ((784,), (28, 28)):
@@ -119,31 +141,16 @@ class ImageDenseNet(DenseNet):
 # ---- hw4 course loops (apps/simple_ml.py re-exports these) ----------------------------------
 
 def epoch_general_cifar10(dataloader, model, loss_fn=None, opt=None):
-    """One pass over `dataloader`: trains (model.train(), a step per batch) when `opt` is
-    given, else evaluates (model.eval(), no graph). Returns (accuracy, mean loss per sample).
-    `loss_fn` is a loss instance (default nn.SoftmaxLoss()). Seeds np.random with 4 (course)."""
+    """One pass over `dataloader` on the Trainer: trains (model.train(), a step per batch) when
+    `opt` is given, else evaluates (model.eval(), no graph). Returns (accuracy, mean loss per
+    sample). `loss_fn` is a loss instance (default nn.SoftmaxLoss()). Seeds np.random with 4
+    (course)."""
     np.random.seed(4)
-    loss_fn = nn.SoftmaxLoss() if loss_fn is None else loss_fn
-    model.train() if opt is not None else model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for X, y in dataloader:
-        if opt is not None:
-            opt.reset_grad()
-            out = model(X)
-            loss = loss_fn(out, y)
-            loss.backward(create_graph=False)
-            opt.step()
-        else:
-            with no_grad():
-                out = model(X)
-                loss = loss_fn(out, y)
-        labels = y.numpy().astype(np.int64).reshape(-1)
-        correct += int((out.numpy().argmax(axis=1) == labels).sum())
-        loss_sum += float(loss.numpy()) * labels.shape[0]
-        n += labels.shape[0]
-    if n == 0:
+    trainer = Trainer(model, opt, ClassificationTask(loss_fn), dataloader, dataloader)
+    metrics = trainer.train_epoch() if opt is not None else trainer.evaluate()
+    if trainer.last_samples == 0:
         raise ValueError("epoch_general_cifar10: the dataloader yielded no batches")
-    return correct / n, loss_sum / n
+    return metrics["accuracy"], metrics["loss"]
 
 
 def train_cifar10(model, dataloader, n_epochs=1, optimizer=optim.Adam, lr=0.001,

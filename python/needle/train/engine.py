@@ -1,9 +1,12 @@
 """The training engine behind the `needle` command: registries, tasks and the Trainer.
 
-Extending it takes one import line (in `cli.py`'s plugin section) of a module that calls:
+It knows no dataset, model or recipe flag: recipes register them. Extending it takes one
+import line (in `recipes.py`) of a module that calls:
 
 - `register_dataset(name)(factory)`: `factory(args) -> DatasetInfo` (train/eval data, task);
 - `register_model(name)(builder)`: `builder(info, args) -> nn.Module`;
+- `register_flags(*config_keys)(fn)`: `fn(parser, command)` adds the recipe's own flags to
+  `needle train` and `needle summary`; the keys are stored in checkpoints;
 - `TASKS[name] = TaskClass`: how batches become a loss and metrics (classification here; a
   language-model task keeps hidden state across batches);
 - `TRAINER_PLUGINS.append(fn)`: `fn(trainer, args)` after the trainer is built, e.g. to set
@@ -19,25 +22,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-import numpy as np
-
 from .. import init, nn, optim
 from ..autograd import Tensor, no_grad
 from ..compile import compile as _compile
-from ..data import DataLoader, MNISTDataset, find_fashion_mnist, shipped_mnist_test
-from ..data.data_basic import NDArrayDataset
-from ..data.data_transforms import RandomCrop, RandomFlipHorizontal, RandomRotation
+from ..data import DataLoader
 from ..errors import ConfigError, UserError
 from ..serialization import load_checkpoint, save_checkpoint
-from .run_config import apply_resume_config, check_data_matches, check_finite_record
-from .run_config import data_signature, run_config
+from .run_config import add_config_keys, apply_resume_config, check_data_matches
+from .run_config import check_finite_record, data_signature, run_config
 from .run_files import TensorBoardLog, plot_curves, remove_stale_temps, write_metrics
 from .transfer import freeze_parameters, init_from_checkpoint
 
 __all__ = [
-    "DatasetInfo", "Task", "ClassificationTask", "Trainer", "DATASETS", "MODELS", "TASKS",
-    "TRAINER_PLUGINS", "register_dataset", "register_model", "run_training", "evaluate_checkpoint",
-    "prepare_run", "DivergedError", "rebuild_checkpoint",
+    "DatasetInfo", "Task", "ClassificationTask", "Trainer", "DATASETS", "MODELS",
+    "MODEL_DATASETS", "TASKS", "TRAINER_PLUGINS", "RECIPE_FLAGS", "register_dataset",
+    "register_model", "register_flags", "run_training", "evaluate_checkpoint", "prepare_run",
+    "DivergedError", "rebuild_checkpoint",
 ]
 
 
@@ -66,9 +66,32 @@ def register_dataset(name: str):
     return deco
 
 
-def register_model(name: str):
+MODEL_DATASETS: Dict[str, str] = {}  # model -> the dataset `needle summary` shows it on
+
+
+def register_model(name: str, default_dataset: Optional[str] = None):
+    """Decorator for `builder(info, args) -> nn.Module`; `default_dataset` is the dataset
+    `needle summary --model NAME` builds it for when none is named."""
     def deco(fn):
         MODELS[name] = fn
+        if default_dataset is not None:
+            MODEL_DATASETS[name] = default_dataset
+        return fn
+    return deco
+
+
+# fn(parser, command): a recipe's own flags on the `train` and `summary` parsers (command is
+# "train" or "summary"); they are added after the trainer's own flags, in import order.
+RECIPE_FLAGS: List[Callable[[Any, str], None]] = []
+
+
+def register_flags(*config_keys: str):
+    """Decorator for a recipe's `fn(parser, command)` that declares its CLI flags;
+    `config_keys` (the flags' dests) are stored in every checkpoint's configuration, so a
+    resumed or evaluated run rebuilds the model with them."""
+    def deco(fn):
+        RECIPE_FLAGS.append(fn)
+        add_config_keys(config_keys)
         return fn
     return deco
 
@@ -104,10 +127,11 @@ class Task:
 
 
 class ClassificationTask(Task):
-    """Logits (B, K) against integer labels (B,), softmax cross-entropy."""
+    """Logits (B, K) against integer labels (B,); the loss is `loss_fn` (a loss module,
+    default softmax cross-entropy)."""
 
-    def __init__(self):
-        self.loss_fn = nn.SoftmaxLoss()
+    def __init__(self, loss_fn: Optional[nn.Module] = None):
+        self.loss_fn = nn.SoftmaxLoss() if loss_fn is None else loss_fn
 
     def loaders(self, info, args):
         train = DataLoader(info.train, batch_size=args.batch_size, shuffle=True,
@@ -167,6 +191,7 @@ class Trainer:
         # True: the training step runs under needle.compile (recorded once, then replayed)
         self.compile = False
         self._compiled = None
+        self.last_samples = 0  # samples (or tokens) the last train_epoch/evaluate counted
 
     def _step(self, batch):
         """One training step on `batch`: (loss, samples, correct)."""
@@ -220,6 +245,7 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.epoch += 1
+        self.last_samples = n_sum
         return task.metrics(loss_sum, correct_sum, n_sum)
 
     def evaluate(self, data: Optional[Iterable] = None) -> Dict[str, float]:
@@ -235,59 +261,8 @@ class Trainer:
                 n_sum += n
         if data is None and self.reduce_eval_sums is not None:  # eval_data is a shard
             loss_sum, correct_sum, n_sum = self.reduce_eval_sums((loss_sum, correct_sum, n_sum))
+        self.last_samples = n_sum
         return task.metrics(loss_sum, correct_sum, n_sum)
-
-
-# ---- datasets and models -------------------------------------------------------------------------
-
-MNIST_SMALL_TRAIN = 8000  # of the 10000 shipped t10k images; the rest validate
-
-
-@register_dataset("mnist-small")
-def mnist_small(args) -> DatasetInfo:
-    """The shipped MNIST t10k set: first 8000 images train, last 2000 validate."""
-    ds = MNISTDataset(*shipped_mnist_test())
-    X, y = ds.images.reshape(len(ds), -1), ds.labels
-    k = MNIST_SMALL_TRAIN
-    return DatasetInfo("mnist-small", NDArrayDataset(X[:k], y[:k]),
-                       NDArrayDataset(X[k:], y[k:]), input_shape=(784,), num_classes=10)
-
-
-AUGMENT_ROTATE_DEGREES = 15.0  # --augment rotate: angles uniform in [-15, 15] degrees
-
-
-def _augmentation(kind):
-    """The training transforms of --augment none|flip|flip-shift|rotate (None: none)."""
-    if kind in (None, "none"):
-        return None
-    if kind == "flip":
-        return [RandomFlipHorizontal()]
-    if kind == "flip-shift":
-        return [RandomFlipHorizontal(), RandomCrop(2)]
-    if kind == "rotate":
-        return [RandomRotation(AUGMENT_ROTATE_DEGREES)]
-    raise ConfigError(f"--augment: unknown augmentation {kind!r} (none, flip, flip-shift, "
-                      f"rotate)")
-
-
-@register_dataset("fashion-mnist")
-def fashion_mnist(args) -> DatasetInfo:
-    """Fashion-MNIST 60000/10000 from --data-dir or the Debian location. --augment flip: the
-    training images are flipped left-right (p=0.5); flip-shift: also shifted by up to 2 pixels;
-    rotate: rotated by a uniform angle in [-15, 15] degrees (nearest pixel, zero fill)."""
-    paths = find_fashion_mnist(getattr(args, "data_dir", None))
-    train = MNISTDataset(paths["train_images"], paths["train_labels"],
-                         transforms=_augmentation(getattr(args, "augment", None)))
-    test = MNISTDataset(paths["test_images"], paths["test_labels"])
-    return DatasetInfo("fashion-mnist", train, test, input_shape=(784,), num_classes=10)
-
-
-@register_model("mlp-resnet")
-def mlp_resnet(info: DatasetInfo, args) -> nn.Module:
-    from ..models import MLPResNet
-
-    return MLPResNet(int(np.prod(info.input_shape)), getattr(args, "hidden_dim", 100),
-                     num_classes=info.num_classes)
 
 
 # ---- a whole run -------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""Language-model training: truncated BPTT over batchified token streams (the course's hw4
-`epoch_general_ptb` / `train_ptb` / `evaluate_ptb`), perplexity, and text generation.
+"""Language-model recipes for `needle train`: `--dataset shakespeare|text`, `--model
+rnn-lm|lstm-lm|gru-lm|transformer-lm` with their flags, the language-model task (truncated
+BPTT over batchified token streams), perplexity and text generation; and the course's hw4
+loops (`epoch_general_ptb` / `train_ptb` / `evaluate_ptb`) on the Trainer.
 
 The hidden state is carried from one window to the next and detached in between, so no graph
-outlives its window. Gradients use the fast backward path (no gradient graph).
+outlives its window. Gradients use the fast backward path (no gradient graph). Imported once
+from `recipes.py`.
 """
 from __future__ import annotations
 
@@ -12,12 +15,17 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import nn, optim
-from ..autograd import no_grad
-from ..data.text import get_batch
+from ..data.text import Corpus, batchify, get_batch
 from ..errors import ConfigError, DataNotFoundError
-from ..models.language import detach_state
+from ..models.language import LanguageModel, detach_state, generate
+from .engine import (
+    TASKS, DatasetInfo, Task, Trainer, rebuild_checkpoint, register_dataset, register_flags,
+    register_model,
+)
+from .flags import NONNEG_FLOAT, POS_INT
 
-__all__ = ["epoch_general_ptb", "train_ptb", "evaluate_ptb", "perplexity"]
+__all__ = ["epoch_general_ptb", "train_ptb", "evaluate_ptb", "perplexity", "LanguageModelTask",
+           "LM_DEFAULTS", "generate_text", "clip_plugin"]
 
 
 def perplexity(avg_loss: float) -> float:
@@ -25,76 +33,24 @@ def perplexity(avg_loss: float) -> float:
     return math.exp(min(avg_loss, 700.0))
 
 
-def epoch_general_ptb(data, model, seq_len=40, loss_fn=None, opt=None, clip=None, device=None,
-                      dtype="float32", on_batch: Optional[Callable] = None):
-    """One pass over `data` (nbatch, B) in windows of `seq_len`; trains when `opt` is given.
+# ---- `needle train` recipes: datasets, models, flags and the language-model task ------------
 
-    Returns (avg_acc, avg_loss) over all predicted tokens. `clip` is a max global gradient
-    norm. `on_batch(i, n_windows, loss)` is called after every window (progress bars).
-    """
-    np.random.seed(4)  # course convention
-    loss_fn = loss_fn if loss_fn is not None else nn.SoftmaxLoss()
-    data = np.asarray(data)
-    model.train(opt is not None)
-    h = None
-    total_loss, correct, count = 0.0, 0, 0
-    starts = range(0, data.shape[0] - 1, seq_len)
-    for k, i in enumerate(starts):
-        X, y = get_batch(data, i, seq_len, device=device, dtype=dtype)
-        if opt is None:
-            with no_grad():
-                logits, h = model(X, h)
-                loss = loss_fn(logits, y)
-        else:
-            logits, h = model(X, h)
-            loss = loss_fn(logits, y)
-            opt.reset_grad()
-            loss.backward(create_graph=False)
-            if clip is not None:
-                opt.clip_grad_norm(clip)
-            opt.step()
-        h = detach_state(h)
-        n = y.shape[0]
-        value = float(loss.numpy())
-        total_loss += value * n
-        correct += int((logits.numpy().argmax(axis=1) == y.numpy()).sum())
-        count += n
-        if on_batch is not None:
-            on_batch(k, len(starts), value)
-    if count == 0:
-        raise ValueError(f"epoch_general_ptb: data of shape {data.shape} has no window of "
-                         f"targets")
-    return correct / count, total_loss / count
+LM_DEFAULTS = {"bptt": 64, "clip": 1.0, "num_layers": 2, "embedding_dim": 128, "hidden_dim": 100}
 
 
-def train_ptb(model, data, seq_len=40, n_epochs=1, optimizer=optim.SGD, lr=4.0,
-              weight_decay=0.0, loss_fn=nn.SoftmaxLoss, clip=None, device=None,
-              dtype="float32"):
-    """Train for `n_epochs`; returns (avg_acc, avg_loss) of the last epoch."""
-    np.random.seed(4)
-    opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
-    result = (0.0, 0.0)
-    for _ in range(n_epochs):
-        result = epoch_general_ptb(data, model, seq_len, loss_fn(), opt, clip, device, dtype)
-    return result
-
-
-def evaluate_ptb(model, data, seq_len=40, loss_fn=nn.SoftmaxLoss, device=None,
-                 dtype="float32"):
-    """(avg_acc, avg_loss) of `model` on `data` without training."""
-    np.random.seed(4)
-    return epoch_general_ptb(data, model, seq_len, loss_fn(), None, None, device, dtype)
-
-
-# ---- `needle train` plugin: datasets, models and the language-model task -------------------------
-# Imported once from cli.py's plugin section; registers names in needle.train.
-from ..data.text import Corpus, batchify  # noqa: E402
-from ..models.language import LanguageModel, generate  # noqa: E402
-from .engine import (  # noqa: E402
-    TASKS, DatasetInfo, Task, register_dataset, register_model,
-)
-
-LM_DEFAULTS = {"bptt": 64, "clip": 1.0, "num_layers": 2, "embedding_dim": 128}
+@register_flags("bptt", "clip", "num_layers", "embedding_dim")
+def _flags(parser, command: str) -> None:
+    lm = "language models only; default %s"
+    parser.add_argument("--bptt", type=POS_INT, default=None,
+                        help=f"tokens per truncated window ({lm % LM_DEFAULTS['bptt']})")
+    if command == "train":
+        parser.add_argument("--clip", type=NONNEG_FLOAT, default=None,
+                            help=f"max global gradient norm, 0 for none "
+                                 f"({lm % LM_DEFAULTS['clip']})")
+    parser.add_argument("--num-layers", type=POS_INT, default=None,
+                        help=f"recurrent/attention layers ({lm % LM_DEFAULTS['num_layers']})")
+    parser.add_argument("--embedding-dim", type=POS_INT, default=None,
+                        help=f"embedding width ({lm % LM_DEFAULTS['embedding_dim']})")
 
 
 def _opt(args, name):
@@ -131,32 +87,37 @@ def _lm_builder(seq_model: str):
             raise ConfigError(f"a language model needs a text dataset (shakespeare, text), got "
                              f"{info.name}")
         return LanguageModel(_opt(args, "embedding_dim"), info.num_classes,
-                             getattr(args, "hidden_dim", None) or 256, _opt(args, "num_layers"),
+                             _opt(args, "hidden_dim"), _opt(args, "num_layers"),
                              seq_model=seq_model, seq_len=_opt(args, "bptt"))
     return build
 
 
 for _name, _kind in (("rnn-lm", "rnn"), ("lstm-lm", "lstm"), ("gru-lm", "gru"),
                      ("transformer-lm", "transformer")):
-    register_model(_name)(_lm_builder(_kind))
+    register_model(_name, default_dataset="shakespeare")(_lm_builder(_kind))
 
 
 class _Windows:
-    """Successive bptt windows (X (L, B), y (L*B,)) over batchified ids; one pass per epoch."""
+    """Successive bptt windows (X (L, B), y (L*B,)) over batchified ids (nbatch, B); one pass
+    per epoch."""
 
-    def __init__(self, ids, batch_size: int, bptt: int):
-        self.data = batchify(ids, batch_size)
-        self.bptt = bptt
-        if self.data.shape[0] < 2:
+    def __init__(self, data, bptt: int, device=None, dtype="float32"):
+        self.data, self.bptt, self.device, self.dtype = data, bptt, device, dtype
+
+    @classmethod
+    def of_ids(cls, ids, batch_size: int, bptt: int):
+        data = batchify(ids, batch_size)
+        if data.shape[0] < 2:
             raise ConfigError(f"language model: {len(ids)} tokens are too few for batch size "
-                             f"{batch_size}")
+                              f"{batch_size}")
+        return cls(data, bptt)
 
     def __len__(self):
         return len(range(0, self.data.shape[0] - 1, self.bptt))
 
     def __iter__(self):
         for i in range(0, self.data.shape[0] - 1, self.bptt):
-            yield get_batch(self.data, i, self.bptt)
+            yield get_batch(self.data, i, self.bptt, device=self.device, dtype=self.dtype)
 
 
 class LanguageModelTask(Task):
@@ -165,14 +126,14 @@ class LanguageModelTask(Task):
     primary_metric = "loss"
     higher_is_better = False
 
-    def __init__(self):
-        self.loss_fn = nn.SoftmaxLoss()
+    def __init__(self, loss_fn: Optional[nn.Module] = None):
+        self.loss_fn = nn.SoftmaxLoss() if loss_fn is None else loss_fn
         self.h = None
 
     def loaders(self, info, args):
         bptt = _opt(args, "bptt")
-        return (_Windows(info.train, args.batch_size, bptt),
-                _Windows(info.eval, args.batch_size, bptt))
+        return (_Windows.of_ids(info.train, args.batch_size, bptt),
+                _Windows.of_ids(info.eval, args.batch_size, bptt))
 
     def start_epoch(self, training: bool) -> None:
         self.h = None
@@ -206,19 +167,9 @@ def clip_plugin(trainer, args) -> None:
 def generate_text(checkpoint: str, prompt: str, tokens: int, temperature: float = 1.0,
                   seed: int = 0) -> str:
     """Text sampled from a `needle train` language-model checkpoint after `prompt`."""
-    from ..serialization import load_checkpoint
-    from .engine import DATASETS, MODELS, _Namespace
-
-    ckpt = load_checkpoint(checkpoint)
-    config = _Namespace(**ckpt.meta.get("config", {}))
-    if config.model not in MODELS or config.dataset not in DATASETS:
-        raise ConfigError(f"{checkpoint}: not a language-model checkpoint known here (model "
-                         f"{config.model!r}, dataset {config.dataset!r})")
-    info = DATASETS[config.dataset](config)
+    _, config, info, model = rebuild_checkpoint(checkpoint)
     if info.task != "language-model":
         raise ConfigError(f"{checkpoint}: model {config.model!r} is not a language model")
-    model = MODELS[config.model](info, config)
-    model.load_state_dict(ckpt.model_state)
     vocab, char = info.extra["dictionary"], info.extra["level"] == "char"
     pieces = list(prompt) if char else prompt.split()
     unknown = [p for p in pieces if p not in vocab.word2idx]
@@ -229,3 +180,56 @@ def generate_text(checkpoint: str, prompt: str, tokens: int, temperature: float 
                    np.random.default_rng(seed))
     words = [vocab.idx2word[i] for i in ids]
     return prompt + ("".join(words) if char else " " + " ".join(words))
+
+
+# ---- the course's hw4 loops, on the Trainer ------------------------------------------------------
+
+def epoch_general_ptb(data, model, seq_len=40, loss_fn=None, opt=None, clip=None, device=None,
+                      dtype="float32", on_batch: Optional[Callable] = None):
+    """One pass over `data` (nbatch, B) in windows of `seq_len`; trains when `opt` is given.
+
+    Runs on the Trainer with the language-model task (the hidden state carried, detached,
+    from window to window). Returns (avg_acc, avg_loss) over all predicted tokens. `clip` is
+    a max global gradient norm. `on_batch(i, n_windows, loss)` is called after every window
+    (progress bars).
+    """
+    np.random.seed(4)  # course convention
+    data = np.asarray(data)
+    if data.ndim != 2 or data.shape[0] < 2:
+        raise ValueError(f"epoch_general_ptb: data of shape {data.shape} has no window of "
+                         f"targets (expected (nbatch >= 2, batch) from batchify)")
+    windows = _Windows(data, seq_len, device=device, dtype=dtype)
+    trainer = Trainer(model, opt, LanguageModelTask(loss_fn), windows, windows)
+    if clip is not None:
+        trainer.after_backward.append(lambda t: t.optimizer.clip_grad_norm(clip))
+    if on_batch is not None:
+        count = iter(range(len(windows)))
+        trainer.on_batch.append(lambda t, loss, n, correct: on_batch(next(count), len(windows),
+                                                                      loss))
+    if opt is not None:
+        metrics = trainer.train_epoch()
+    else:
+        metrics = trainer.evaluate()
+        if on_batch is not None:  # evaluate() has no per-batch callbacks: report the windows
+            for k in range(len(windows)):
+                on_batch(k, len(windows), metrics["loss"])
+    return metrics["accuracy"], metrics["loss"]
+
+
+def train_ptb(model, data, seq_len=40, n_epochs=1, optimizer=optim.SGD, lr=4.0,
+              weight_decay=0.0, loss_fn=nn.SoftmaxLoss, clip=None, device=None,
+              dtype="float32"):
+    """Train for `n_epochs`; returns (avg_acc, avg_loss) of the last epoch."""
+    np.random.seed(4)
+    opt = optimizer(model.parameters(), lr=lr, weight_decay=weight_decay)
+    result = (0.0, 0.0)
+    for _ in range(n_epochs):
+        result = epoch_general_ptb(data, model, seq_len, loss_fn(), opt, clip, device, dtype)
+    return result
+
+
+def evaluate_ptb(model, data, seq_len=40, loss_fn=nn.SoftmaxLoss, device=None,
+                 dtype="float32"):
+    """(avg_acc, avg_loss) of `model` on `data` without training."""
+    np.random.seed(4)
+    return epoch_general_ptb(data, model, seq_len, loss_fn(), None, None, device, dtype)

@@ -12,14 +12,22 @@ from typing import Any, Dict, Optional
 
 from ..errors import ConfigError
 
-__all__ = ["CONFIG_KEYS", "RESUMABLE", "run_config", "data_signature", "apply_resume_config",
-           "check_data_matches", "check_finite_record"]
+__all__ = ["CONFIG_KEYS", "add_config_keys", "RESUMABLE", "run_config", "data_signature",
+           "apply_resume_config", "check_data_matches", "check_finite_record"]
 
-CONFIG_KEYS = ("model", "dataset", "data_dir", "hidden_dim", "optimizer", "lr", "weight_decay",
-               "batch_size", "epochs", "seed", "schedule", "augment",
-               "bptt", "clip", "num_layers", "embedding_dim",  # these four: language models
-               "warmup_epochs", "freeze", "init_from", "early_stopping",
-               "growth_rate", "dense_blocks", "width")  # these three: densenet, fcn
+# The configuration every run stores; each recipe adds the keys of its own flags
+# (`engine.register_flags`), e.g. --bptt for the language models.
+CONFIG_KEYS = ["model", "dataset", "data_dir", "hidden_dim", "optimizer", "lr", "weight_decay",
+               "batch_size", "epochs", "seed", "schedule", "warmup_epochs", "freeze",
+               "init_from", "early_stopping"]
+
+
+def add_config_keys(keys) -> None:
+    """Store the values of `keys` (argparse dests) in every checkpoint's configuration."""
+    for key in keys:
+        if key not in CONFIG_KEYS:
+            CONFIG_KEYS.append(key)
+
 
 # What a resumed run may change: its length, where the data lives (a moved folder), and
 # nothing that changes the model, the optimizer or the data order.

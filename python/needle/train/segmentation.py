@@ -8,7 +8,7 @@ the prediction or the target of |pred = c and true = c| / |pred = c or true = c|
 confusion matrix summed over the epoch); after every epoch it draws the first validation
 images with their true and predicted masks in OUT/masks.png.
 
-Imported once from `cli.py`'s plugin section; it only registers names in `needle.train`.
+Imported once from `recipes.py`; it only registers names in `needle.train`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from .. import nn
 from ..data import DataLoader
 from ..data.segmentation import NUM_SEGMENTATION_CLASSES, MNISTSegmentation
 from ..errors import ConfigError
-from .engine import TASKS, DatasetInfo, Task, register_dataset, register_model
+from .engine import TASKS, DatasetInfo, Task, register_dataset, register_flags, register_model
+from .flags import POS_INT
 from .run_files import plot_masks
 
 __all__ = ["SegmentationTask", "segmentation_scores", "check_models_fit", "mnist_seg", "fcn",
@@ -28,6 +29,16 @@ __all__ = ["SegmentationTask", "segmentation_scores", "check_models_fit", "mnist
 MNIST_SEG_TRAIN = 8000  # of the 10000 shipped t10k images; the rest validate
 MASK_SAMPLES = 8  # validation images drawn in masks.png
 SEGMENTATION_MODELS = ("fcn",)  # the models that give per-pixel scores (N, K, H, W)
+
+
+FCN_WIDTH = 16
+
+
+@register_flags("width")
+def _flags(parser, command: str) -> None:
+    parser.add_argument("--width", type=POS_INT, default=None,
+                        help=f"fcn: channels of the first encoder stage, doubled per stage "
+                             f"(default {FCN_WIDTH})")
 
 
 @register_dataset("mnist-seg")
@@ -42,7 +53,7 @@ def mnist_seg(args) -> DatasetInfo:
                        input_shape=(1, 28, 28), num_classes=NUM_SEGMENTATION_CLASSES)
 
 
-@register_model("fcn")
+@register_model("fcn", default_dataset="mnist-seg")
 def fcn(info: DatasetInfo, args) -> nn.Module:
     from ..models import FCN
 
@@ -51,7 +62,7 @@ def fcn(info: DatasetInfo, args) -> nn.Module:
         raise ConfigError(f"--model fcn: needs a segmentation dataset (mnist-seg), got "
                           f"{info.name} ({info.task})")
     return FCN(in_channels=shape[0], num_classes=info.num_classes,
-               width=getattr(args, "width", None) or 16)
+               width=getattr(args, "width", None) or FCN_WIDTH)
 
 
 def segmentation_scores(confusion: Sequence[Sequence[float]]) -> Dict[str, float]:
