@@ -30,6 +30,9 @@ is skipped with a note while `needle.compile` does not exist). PyTorch: eager, a
 `torch.compile(model)` with `--torch-compile`. The runs alternate (needle default, torch,
 needle fast, torch, [needle compiled, torch], [torch compiled]), `--repeat` times; the table
 shows medians and the ratios needle/torch for each mode and needle's default/fast time.
+Each timed run is a fresh child process of this script (`--in-process` times them all here):
+measured on 2 cores, timing both frameworks in one process slowed both by 2-5x (the idle
+worker threads of PyTorch's OpenMP pool and of NumPy's OpenBLAS compete for the cores).
 
 Before timing, each workload checks that the first step's loss agrees between the frameworks
 (within 1e-4 relative; dropout is set to 0 for that check only, since the two frameworks draw
@@ -66,6 +69,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
@@ -151,8 +155,12 @@ def make_run(wl: Workload, framework: str, mode: str):
     return torch_stepper(wl, tmodel, wl.torch_optimizer(tmodel))
 
 
-def timed_run(wl: Workload, framework: str, mode: str, steps: int, warmup: int) -> float:
-    """Throughput (items/s) of `steps` timed steps after `warmup` untimed ones."""
+def timed_run(wl: Workload, framework: str, mode: str, steps: int, warmup: int,
+              isolate: bool = False) -> float:
+    """Throughput (items/s) of `steps` timed steps after `warmup` untimed ones; with `isolate`,
+    in a fresh Python process that loads only this run's framework state."""
+    if isolate:
+        return _isolated_run(wl, framework, mode, steps, warmup)
     step = make_run(wl, framework, mode)
     for k in range(warmup):
         step(*wl.batch(k))
@@ -160,6 +168,27 @@ def timed_run(wl: Workload, framework: str, mode: str, steps: int, warmup: int) 
     for k in range(warmup, warmup + steps):
         step(*wl.batch(k))
     return steps * wl.items / (time.perf_counter() - t0)
+
+
+def _isolated_run(wl: Workload, framework: str, mode: str, steps: int, warmup: int) -> float:
+    """`timed_run` in a child process (`--child`); the child prints `rate <items/s>`."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child",
+           f"{wl.name},{framework},{mode},{steps},{warmup}", "--threads", str(THREADS)]
+    if wl.args.data_dir:
+        cmd += ["--data-dir", wl.args.data_dir]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rates = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("rate ")]
+    if proc.returncode != 0 or not rates:
+        raise RuntimeError(f"{wl.name} {framework} {mode}: the child process failed "
+                           f"(exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return float(rates[-1])
+
+
+def _child(spec: str, args) -> int:
+    name, framework, mode, steps, warmup = spec.split(",")
+    rate = timed_run(WORKLOADS[name](args), framework, mode, int(steps), int(warmup))
+    print(f"rate {rate!r}", flush=True)
+    return 0
 
 
 def check_first_loss(wl: Workload) -> dict:
@@ -205,7 +234,7 @@ def bench_workload(wl: Workload, args) -> dict:
             if key not in rates:
                 continue  # dropped after an error in an earlier repeat
             try:
-                rate = timed_run(wl, fw, mode, steps, warmup)
+                rate = timed_run(wl, fw, mode, steps, warmup, isolate=not args.in_process)
             except Exception as e:  # a compiler may be missing or fail: skip it, say why
                 if mode != "compiled":
                     raise
@@ -252,7 +281,15 @@ def main():
                     help="also time torch.compile(model)")
     ap.add_argument("--data-dir", default=os.environ.get("NEEDLE_FASHION_MNIST"))
     ap.add_argument("--json", metavar="PATH", help="write the numbers to PATH")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time every run in this process (by default each timed run is a fresh "
+                         "child process: in one process the two frameworks' idle BLAS/OpenMP "
+                         "worker threads slow each other down)")
+    ap.add_argument("--child", metavar="SPEC", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child:
+        torch.set_num_threads(args.threads)
+        return _child(args.child, args)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in args.modes if m not in NEEDLE_MODES]
     if bad:
@@ -264,7 +301,8 @@ def main():
     for name in names:
         results[name] = bench_workload(WORKLOADS[name](args), args)
 
-    title = (f"issue 12 workloads, medians of {args.repeat} alternating runs, "
+    where = "in this process" if args.in_process else "each in a fresh process"
+    title = (f"issue 12 workloads, medians of {args.repeat} alternating runs ({where}), "
              f"{args.threads} thread(s) (higher is better)")
     print_table(title, [row for name in names for row in rows_for(name, results[name])])
     speed_rows = []
@@ -280,6 +318,7 @@ def main():
 
     if args.json:
         out = {"machine": machine(), "threads": args.threads, "repeat": args.repeat,
+               "isolated_runs": not args.in_process,
                "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "torch": torch.__version__, "workloads": results}
         with open(args.json, "w") as f:
