@@ -161,6 +161,14 @@ class CUDADevice(Device):
         """Wait for the kernels queued so far (for timing); a no-op over NumPy."""
         self._rt.synchronize()
 
+    def elementwise_kernel(self, params, body, name, preamble=""):
+        """One kernel for a fused elementwise group of needle.compile (see
+        fused_elementwise.py): a callable `run(*inputs, *scalars, out)`; None over NumPy,
+        where the group runs as NumPy calls."""
+        if self._kernels is None:
+            return None
+        return self._kernels.fused_elementwise(params, body, name, preamble)
+
     # ---- fused kernels: one CuPy kernel each on float32, the composed Device code otherwise --
     def _fused(self, *arrays):
         """The CuPy kernels when they apply to these arrays (float32), else None."""

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from .cuda_sources import (
-    COLUMN_BLOCK, KERNELS, ROW_BLOCK, column_chunks, elementwise_launch,
+    COLUMN_BLOCK, FUSED_NAME, KERNELS, ROW_BLOCK, _fused_params, column_chunks,
+    elementwise_launch, fused_elementwise_source,
 )
 
 _i64, _f32 = np.int64, np.float32
@@ -33,6 +34,37 @@ class CupyKernels:
         if k is None:
             k = self._cache[name] = self.cp.RawKernel(KERNELS[name], name)
         return k
+
+    def fused_elementwise(self, params, body, name, preamble=""):
+        """`run(*inputs, *scalars, out)` for one of needle.compile's fused groups (the
+        `elementwise_kernel` hook of fused_elementwise.py): the source of
+        `cuda_sources.fused_elementwise_source`, compiled once per body; inputs broadcast to
+        `out`'s shape and are read at their own strides (`name` is informational: every
+        generated kernel has the entry point `ndl_fused`)."""
+        cp = self.cp
+        src = fused_elementwise_source(params, body, preamble)
+        kernel = self._cache.get(src)
+        if kernel is None:
+            kernel = self._cache[src] = cp.RawKernel(src, FUSED_NAME)
+        n_in = len(_fused_params(params)[0])
+        metas = {}  # (shape, input strides) -> meta on the device, built once per layout
+
+        def run(*args):
+            arrays, scalars, out = args[:n_in], args[n_in:-1], args[-1]
+            shape = out.shape
+            views = [cp.broadcast_to(a, shape) for a in arrays]
+            key = (shape,) + tuple(v.strides for v in views)
+            meta = metas.get(key)
+            if meta is None:
+                host = list(shape) + [st // v.itemsize for v in views for st in v.strides]
+                meta = metas[key] = cp.asarray(np.array(host or [0], dtype=_i64))
+            if out.size:
+                blocks, threads = elementwise_launch(out.size)
+                kernel((blocks,), (threads,), (_i64(out.size), np.int32(len(shape)), meta,
+                                               *views, *[_f32(s) for s in scalars], out))
+            return out
+
+        return run
 
     def _elementwise(self, name, n, args):
         """Launch a grid-stride kernel over n elements (nothing to do for n == 0)."""

@@ -6,13 +6,14 @@ cuda_compile.py). This module imports neither CuPy nor anything that needs a dri
 sources are plain strings, and the launch geometry is plain Python shared by the CuPy launch
 and by the NumPy loop-for-loop references of cuda_reference.py.
 
-`KERNELS` maps each entry point to its source. Conventions: float32 and int64 (`long long`)
+`KERNELS` maps each entry point to its source; `fused_elementwise_source` writes the source of
+one of `needle.compile`'s fused elementwise groups. Conventions: float32 and int64 (`long long`)
 arrays, C-contiguous; sizes as `long long`; grid-stride loops for the elementwise kernels.
 """
 from __future__ import annotations
 
 __all__ = ["KERNELS", "ROW_BLOCK", "ELEMENTWISE_BLOCK", "COLUMN_BLOCK", "elementwise_launch",
-           "column_chunks"]
+           "column_chunks", "fused_elementwise_source", "FUSED_NAME"]
 
 ROW_BLOCK = 512  # threads per row for the row-wise kernels (a multiple of 32, at most 1024)
 ELEMENTWISE_BLOCK = 256  # threads per block of the grid-stride elementwise kernels
@@ -247,3 +248,52 @@ KERNELS: dict[str, str] = {
     "ndl_adam": _ADAM,
 }
 """Entry point -> complete CUDA C source, for `cupy.RawKernel(source, name)` or NVRTC."""
+
+
+# ---- generated kernels: needle.compile's fused elementwise groups ----------------------------
+FUSED_NAME = "ndl_fused"
+
+
+def _fused_params(params: str) -> tuple[list[str], list[str]]:
+    """('float32 in0, float32 in1, float32 s0') -> (['in0', 'in1'], ['s0'])."""
+    names = [p.split()[-1] for p in params.split(",") if p.strip()]
+    inputs = [n for n in names if n.startswith("in")]
+    scalars = [n for n in names if n.startswith("s")]
+    if len(inputs) + len(scalars) != len(names):
+        raise ValueError(f"fused kernel parameters {params!r}: expected in<i> and s<j> names")
+    return inputs, scalars
+
+
+def fused_elementwise_source(params: str, body: str, preamble: str = "") -> str:
+    """The complete source of one fused elementwise group (fused_elementwise.py's
+    `elementwise_kernel(params, body, name, preamble)` hook): `body` reads the float32
+    values `in<i>` and `s<j>` and assigns `out`. A grid-stride loop over the n output
+    elements; each input is read at its own element strides (broadcast axes have stride 0),
+    all given in `meta` = shape (ndim) followed by each input's strides (ndim each), so one
+    source serves every layout."""
+    inputs, scalars = _fused_params(params)
+    args = (["const long long n", "const int ndim", "const long long* __restrict__ meta"]
+            + [f"const float* __restrict__ {x}_" for x in inputs]
+            + [f"const float {s}" for s in scalars] + ["float* __restrict__ out_"])
+    offsets = "".join(f"        long long o{k} = 0;\n" for k in range(len(inputs)))
+    steps = "".join(f"            o{k} += c * meta[{k + 1} * ndim + d];\n"
+                    for k in range(len(inputs)))
+    loads = "".join(f"        const float {x} = {x}_[o{k}];\n" for k, x in enumerate(inputs))
+    return (f"{preamble}\n"
+            f'extern "C" __global__ void {FUSED_NAME}(\n        ' + ",\n        ".join(args)
+            + ") {\n"
+            "    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;\n"
+            "         i += (long long)gridDim.x * blockDim.x) {\n"
+            "        long long rem = i;\n"
+            f"{offsets}"
+            "        for (int d = ndim - 1; d >= 0; --d) {\n"
+            "            const long long c = rem % meta[d];\n"
+            "            rem /= meta[d];\n"
+            f"{steps}"
+            "        }\n"
+            f"{loads}"
+            "        float out;\n"
+            f"        {body}\n"
+            "        out_[i] = out;\n"
+            "    }\n"
+            "}\n")
