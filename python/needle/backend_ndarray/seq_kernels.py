@@ -238,24 +238,25 @@ class SequenceKernels:
                                  None if mask is None else mask._array, scale))
 
     def attention_fwd(self, q, k, v, mask, scale: float, blocks=None):
-        """(out (..., L, Ev), probs) of softmax(q k^T * scale + mask) v.
+        """(out (..., L, Ev), *probs): softmax(q k^T * scale + mask) v and the attention
+        weights, one flat tuple (a recorded kernel returns NDArrays, not nested lists).
 
         `blocks` (query row ranges (r0, r1), for a causal (L, L) mask) makes block b attend
         to keys [0, r1) only, skipping the key blocks that all its queries mask out; `probs`
-        is then one array per block. Pass `probs` on to `attention_bwd`."""
+        is then one array per block. Pass the list of `probs` on to `attention_bwd`."""
         xp = self.xp
         qn, kn, vn = q._array, k._array, v._array
         mn = None if mask is None else mask._array
         if blocks is None:
             p = _probs(xp, qn, kn, mn, scale)
-            return self._wrap(p @ vn), [self._wrap(p)]
+            return self._wrap(p @ vn), self._wrap(p)
         out = xp.empty(qn.shape[:-1] + (vn.shape[-1],), dtype=qn.dtype)
         probs = []
         for r0, r1 in blocks:
             p = _probs(xp, qn[..., r0:r1, :], kn[..., :r1, :], mn[r0:r1, :r1], scale)
             out[..., r0:r1, :] = p @ vn[..., :r1, :]
             probs.append(self._wrap(p))
-        return self._wrap(out), probs
+        return (self._wrap(out), *probs)
 
     def attention_bwd(self, g, q, k, v, probs, scale: float, blocks=None):
         """(dq, dk, dv) of `attention_fwd` for the output gradient g, from its `probs`:

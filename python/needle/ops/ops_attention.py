@@ -81,7 +81,7 @@ class ScaledDotProductAttention(FusedOp):
         self._check(q, k, v)
         # the weights (B*H*L*S floats) are kept for the backward; a constant output drops
         # the op and them
-        out, self.probs = q.device.attention_fwd(q, k, v, self.mask, self._scale(q.shape),
+        out, *self.probs = q.device.attention_fwd(q, k, v, self.mask, self._scale(q.shape),
                                                  self._blocks(q.shape[-2]))
         return out
 

@@ -64,8 +64,9 @@ class Optimizer:
 
     zero_grad = reset_grad
 
-    def clip_grad_norm(self, max_norm: float = 0.25) -> float:
-        """Rescale the gradients so that their global L2 norm is at most `max_norm`."""
+    def clip_grad_norm(self, max_norm: float = 0.25) -> Tensor:
+        """Rescale the gradients so that their global L2 norm is at most `max_norm`; returns
+        the norm before clipping (a 0-d Tensor)."""
         return clip_grad_norm(self.params, max_norm)
 
     # ---- the step ----------------------------------------------------------------------------

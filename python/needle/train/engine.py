@@ -104,6 +104,9 @@ class Task:
     primary_metric = "accuracy"
     higher_is_better = True
     curve_metrics = None  # the metrics curves.png plots beside the loss (None: the default)
+    # True when `batch` computes everything on the device (no value read into Python), so the
+    # Trainer may run it under needle.compile (`--compile`)
+    compilable = False
 
     def loaders(self, info: DatasetInfo, args) -> tuple:
         """(train iterable, eval iterable); each is iterated once per epoch."""
@@ -117,6 +120,14 @@ class Task:
         0-d Tensor counted on the device, which a compiled step can return)."""
         raise NotImplementedError
 
+    def carry(self) -> tuple:
+        """The Tensors this task carries from one batch to the next (a language model's
+        hidden state), flat; a compiled step takes them in and gives the new ones back."""
+        return ()
+
+    def set_carry(self, tensors: tuple) -> None:
+        """Restore what `carry` returned (the compiled step's outputs)."""
+
     def metrics(self, loss_sum: float, correct: float, n: int) -> Dict[str, float]:
         return {"loss": loss_sum / max(n, 1), "accuracy": correct / max(n, 1)}
 
@@ -129,6 +140,8 @@ class Task:
 class ClassificationTask(Task):
     """Logits (B, K) against integer labels (B,); the loss is `loss_fn` (a loss module,
     default softmax cross-entropy)."""
+
+    compilable = True
 
     def __init__(self, loss_fn: Optional[nn.Module] = None):
         self.loss_fn = nn.SoftmaxLoss() if loss_fn is None else loss_fn
@@ -190,7 +203,7 @@ class Trainer:
         self.stopped: Optional[str] = None
         # True: the training step runs under needle.compile (recorded once, then replayed)
         self.compile = False
-        self._compiled = None
+        self._compiled = self._compiled_eval = None
         self.last_samples = 0  # samples (or tokens) the last train_epoch/evaluate counted
 
     def _step(self, batch):
@@ -205,22 +218,40 @@ class Trainer:
         return loss, n, correct
 
     def _step_function(self):
-        """`_step`, or its `needle.compile`d form when `compile` is set (the batch's Tensors
-        in, the loss and the device-side count out; the values are read after it)."""
+        """`_step`, or its `needle.compile`d form when `compile` is set: the batch's Tensors
+        and the task's carried Tensors in; the loss, the device-side count, the sample count
+        (a constant of each recorded plan: it depends on shapes only) and the new carried
+        Tensors out; the values are read after it."""
         if not self.compile:
             return self._step
         if self._compiled is None:
-            def train_step(X, y):
-                loss, _, correct = self._step((X, y))
-                return loss, correct
+            def train_step(X, y, *carry):
+                self.task.set_carry(carry)
+                loss, n, correct = self._step((X, y))
+                return (loss, correct, n) + tuple(self.task.carry())
 
             self._compiled = _compile(train_step, track=(self.model, self.optimizer))
+        return self._compiled_call(self._compiled)
 
+    def _compiled_call(self, compiled):
         def step(batch):
-            loss, correct = self._compiled(batch[0], batch[1])
-            return loss, batch[1].shape[0], correct
-
+            out = compiled(batch[0], batch[1], *self.task.carry())
+            self.task.set_carry(tuple(out[3:]))
+            return out[0], out[2], out[1]
         return step
+
+    def _eval_function(self):
+        """`task.batch` (under no_grad), or its compiled form when `compile` is set."""
+        if not self.compile:
+            return lambda batch: self.task.batch(self.model, batch)
+        if self._compiled_eval is None:
+            def eval_step(X, y, *carry):
+                self.task.set_carry(carry)
+                loss, n, correct = self.task.batch(self.model, (X, y))
+                return (loss, correct, n) + tuple(self.task.carry())
+
+            self._compiled_eval = _compile(eval_step, track=(self.model,))
+        return self._compiled_call(self._compiled_eval)
 
     def train_epoch(self) -> Dict[str, float]:
         model, task = self.model, self.task
@@ -254,8 +285,9 @@ class Trainer:
         task.start_epoch(False)
         loss_sum, correct_sum, n_sum = 0.0, 0, 0
         with no_grad():
+            step = self._eval_function()
             for batch in (self.eval_data if data is None else data):
-                loss, n, correct = task.batch(model, batch)
+                loss, n, correct = step(batch)
                 loss_sum += float(loss.realize_cached_data().item()) * n
                 correct_sum += _count(correct)
                 n_sum += n
@@ -343,10 +375,11 @@ def prepare_run(args):
     for plugin in TRAINER_PLUGINS:
         plugin(trainer, args)
     if getattr(args, "compile", False):
-        if type(task) is not ClassificationTask:
-            raise ConfigError(f"--compile: supported for the classification models, not for "
-                              f"--model {args.model} ({type(task).__name__})")
-        if trainer.after_backward:
+        if not task.compilable:
+            raise ConfigError(f"--compile: supported for the classification and language "
+                              f"models, not for --model {args.model} ({type(task).__name__} "
+                              f"reads values on the host)")
+        if trainer.world_size > 1:
             raise ConfigError("--compile: not with data-parallel runs (the gradient "
                               "all-reduce runs between backward and step)")
         trainer.compile = True

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .. import nn, optim
+from ..autograd import Tensor
 from ..data.text import Corpus, batchify, get_batch
 from ..errors import ConfigError, DataNotFoundError
 from ..models.language import LanguageModel, detach_state, generate
@@ -120,15 +121,46 @@ class _Windows:
             yield get_batch(self.data, i, self.bptt, device=self.device, dtype=self.dtype)
 
 
+def _flatten_state(h):
+    """(the Tensors of a hidden state: None, a Tensor or nested tuples, in order; its spec)."""
+    if h is None:
+        return [], None
+    if isinstance(h, tuple):
+        tensors, specs = [], []
+        for x in h:
+            t, spec = _flatten_state(x)
+            tensors += t
+            specs.append(spec)
+        return tensors, tuple(specs)
+    return [h], "tensor"
+
+
+def _unflatten_state(spec, it):
+    if spec is None:
+        return None
+    if spec == "tensor":
+        return next(it)
+    return tuple(_unflatten_state(s, it) for s in spec)
+
+
 class LanguageModelTask(Task):
     """Next-token cross-entropy with the hidden state carried (detached) across windows."""
 
     primary_metric = "loss"
     higher_is_better = False
+    compilable = True
 
     def __init__(self, loss_fn: Optional[nn.Module] = None):
         self.loss_fn = nn.SoftmaxLoss() if loss_fn is None else loss_fn
         self.h = None
+        self._spec = None  # the nesting of the last carried state (see carry)
+
+    def carry(self) -> tuple:
+        tensors, self._spec = _flatten_state(self.h)
+        return tuple(tensors)
+
+    def set_carry(self, tensors: tuple) -> None:
+        self.h = _unflatten_state(self._spec, iter(tensors)) if tensors else None
 
     def loaders(self, info, args):
         bptt = _opt(args, "bptt")
@@ -144,7 +176,7 @@ class LanguageModelTask(Task):
         self.h = detach_state(h)
         loss = self.loss_fn(logits, y)
         pred = logits.realize_cached_data().argmax(axis=1)
-        correct = int((pred == y.realize_cached_data().astype(pred.dtype)).sum().item())
+        correct = Tensor.make_const((pred == y.realize_cached_data().astype(pred.dtype)).sum())
         return loss, y.shape[0], correct
 
     def metrics(self, loss_sum, correct, n):
