@@ -116,6 +116,22 @@ def test_generate_samples_from_the_vocabulary():
         generate(model, [], 3)
 
 
+@pytest.mark.parametrize("seq_model", ["lstm", "gru", "transformer"])
+def test_compiled_generation_samples_the_same_text(seq_model):
+    """generate(compiled=True): each step's forward replays a recorded plan (the Transformer
+    records once its window reaches seq_len); the logits are the eager ones, so the samples
+    from the same generator are too."""
+    corpus, _ = _corpus_batches()
+    V = len(corpus.dictionary)
+    np.random.seed(0)
+    model = LanguageModel(8, V, 16, 2, seq_model=seq_model, seq_len=6)
+    prompt = [corpus.dictionary.word2idx[c] for c in "the "]
+    eager = generate(model, prompt, 25, temperature=0.8, rng=np.random.default_rng(3))
+    compiled = generate(model, prompt, 25, temperature=0.8, rng=np.random.default_rng(3),
+                        compiled=True)
+    assert compiled == eager and len(eager) == 25
+
+
 def test_unknown_seq_model_is_an_error():
     with pytest.raises(ValueError, match="seq_model"):
         LanguageModel(4, 10, 4, seq_model="bogus")

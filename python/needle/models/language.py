@@ -59,12 +59,42 @@ def detach_state(h):
     return h.detach()
 
 
+def flatten_state(h):
+    """(the Tensors of a hidden state, None, a Tensor or nested tuples, in order; its spec for
+    `unflatten_state`)."""
+    if h is None:
+        return [], None
+    if isinstance(h, tuple):
+        tensors, specs = [], []
+        for x in h:
+            t, spec = flatten_state(x)
+            tensors += t
+            specs.append(spec)
+        return tensors, tuple(specs)
+    return [h], "tensor"
+
+
+def unflatten_state(spec, tensors):
+    """The hidden state of `spec` (from `flatten_state`) holding `tensors`, in order."""
+    it = iter(tensors)
+
+    def build(sp):
+        if sp is None:
+            return None
+        if sp == "tensor":
+            return next(it)
+        return tuple(build(x) for x in sp)
+    return build(spec)
+
+
 def generate(model: LanguageModel, prompt_ids, n_tokens: int, temperature: float = 1.0,
-             rng: np.random.Generator | None = None) -> list:
+             rng: np.random.Generator | None = None, compiled: bool = False) -> list:
     """Sample `n_tokens` ids after `prompt_ids` (non-empty list); greedy when temperature is 0.
 
     Recurrent models feed one token at a time carrying the state; the Transformer re-reads the
-    last `seq_len` tokens each step.
+    last `seq_len` tokens each step. With `compiled`, each step's forward runs under
+    `needle.compile` (recorded once per input shape, then replayed): the same logits, so the
+    same samples for the same `rng`.
     """
     if not prompt_ids:
         raise ValueError("generate: the prompt must contain at least one token")
@@ -73,17 +103,29 @@ def generate(model: LanguageModel, prompt_ids, n_tokens: int, temperature: float
     model.eval()
     ids = list(prompt_ids)
     transformer = model.seq_model_name == "transformer"
+    spec = {}
+
+    def forward(x, *state):
+        logits, h = model(x, unflatten_state(spec.get("h"), state) if state else None)
+        tensors, spec["h"] = flatten_state(h)
+        return (logits, *tensors)
+
+    if compiled:
+        from ..compile import compile as _compile
+
+        forward = _compile(forward, track=(model,), cache_size=max(8, model.seq_len + 1))
     with no_grad():
-        h = None
+        state = ()
         context = ids if transformer else ids[:-1]
         if context and not transformer:
-            _, h = model(Tensor(np.array(context, dtype="float32")[:, None], device=device), h)
+            out = forward(Tensor(np.array(context, dtype="float32")[:, None], device=device))
+            state = tuple(out[1:])
         for _ in range(n_tokens):
             window = ids[-model.seq_len:] if transformer else ids[-1:]
-            logits, h_new = model(Tensor(np.array(window, dtype="float32")[:, None],
-                                         device=device), None if transformer else h)
-            h = h_new
-            z = logits.numpy()[-1].astype(np.float64)
+            out = forward(Tensor(np.array(window, dtype="float32")[:, None], device=device),
+                          *(() if transformer else state))
+            state = tuple(out[1:])
+            z = out[0].numpy()[-1].astype(np.float64)
             if temperature <= 0:
                 nxt = int(z.argmax())
             else:

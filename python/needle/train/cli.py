@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=POS_FLOAT, default=0.8,
                    help="softmax temperature (lower: more conservative)")
     g.add_argument("--seed", type=NONNEG_INT, default=0, help="sampling seed")
+    g.add_argument("--compile", action="store_true",
+                   help="run the per-token forward under needle.compile (the same text)")
     s = sub.add_parser("summary", help="print a model's layers, output shapes and parameters",
                        description="Print a model's layers, output shapes on one batch and "
                                    "parameter counts (as `needle train` does at its start).")
@@ -390,7 +392,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             _train(args)
         elif args.command == "generate":
             print(_recipes.lm.generate_text(args.checkpoint, args.prompt, args.tokens,
-                                          args.temperature, args.seed))
+                                            args.temperature, args.seed, args.compile))
         elif args.command == "summary":
             print(_summary_command(args))
         elif args.command == "export":

@@ -18,7 +18,8 @@ from .. import nn, optim
 from ..autograd import Tensor
 from ..data.text import Corpus, batchify, get_batch
 from ..errors import ConfigError, DataNotFoundError
-from ..models.language import LanguageModel, detach_state, generate
+from ..models.language import LanguageModel, detach_state, flatten_state, generate
+from ..models.language import unflatten_state
 from .engine import (
     TASKS, DatasetInfo, Task, Trainer, rebuild_checkpoint, register_dataset, register_flags,
     register_model,
@@ -121,28 +122,6 @@ class _Windows:
             yield get_batch(self.data, i, self.bptt, device=self.device, dtype=self.dtype)
 
 
-def _flatten_state(h):
-    """(the Tensors of a hidden state: None, a Tensor or nested tuples, in order; its spec)."""
-    if h is None:
-        return [], None
-    if isinstance(h, tuple):
-        tensors, specs = [], []
-        for x in h:
-            t, spec = _flatten_state(x)
-            tensors += t
-            specs.append(spec)
-        return tensors, tuple(specs)
-    return [h], "tensor"
-
-
-def _unflatten_state(spec, it):
-    if spec is None:
-        return None
-    if spec == "tensor":
-        return next(it)
-    return tuple(_unflatten_state(s, it) for s in spec)
-
-
 class LanguageModelTask(Task):
     """Next-token cross-entropy with the hidden state carried (detached) across windows."""
 
@@ -156,11 +135,11 @@ class LanguageModelTask(Task):
         self._spec = None  # the nesting of the last carried state (see carry)
 
     def carry(self) -> tuple:
-        tensors, self._spec = _flatten_state(self.h)
+        tensors, self._spec = flatten_state(self.h)
         return tuple(tensors)
 
     def set_carry(self, tensors: tuple) -> None:
-        self.h = _unflatten_state(self._spec, iter(tensors)) if tensors else None
+        self.h = unflatten_state(self._spec, tensors) if tensors else None
 
     def loaders(self, info, args):
         bptt = _opt(args, "bptt")
@@ -197,8 +176,9 @@ def clip_plugin(trainer, args) -> None:
 
 
 def generate_text(checkpoint: str, prompt: str, tokens: int, temperature: float = 1.0,
-                  seed: int = 0) -> str:
-    """Text sampled from a `needle train` language-model checkpoint after `prompt`."""
+                  seed: int = 0, compiled: bool = False) -> str:
+    """Text sampled from a `needle train` language-model checkpoint after `prompt`; with
+    `compiled`, the per-token forward runs under needle.compile (the same text)."""
     _, config, info, model = rebuild_checkpoint(checkpoint)
     if info.task != "language-model":
         raise ConfigError(f"{checkpoint}: model {config.model!r} is not a language model")
@@ -209,7 +189,7 @@ def generate_text(checkpoint: str, prompt: str, tokens: int, temperature: float 
         raise ConfigError(f"generate: prompt tokens {unknown[:5]} are not in the vocabulary "
                          f"({len(vocab)} tokens)")
     ids = generate(model, [vocab.word2idx[p] for p in pieces], tokens, temperature,
-                   np.random.default_rng(seed))
+                   np.random.default_rng(seed), compiled=compiled)
     words = [vocab.idx2word[i] for i in ids]
     return prompt + ("".join(words) if char else " " + " ".join(words))
 
