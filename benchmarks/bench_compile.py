@@ -13,12 +13,17 @@ Cases:
   capture      time of the first three calls of the compiled MLPResNet step: the eager first
                call, the recording call and the first replay (torch.compile's compile time is
                printed next to it when it runs).
+  memory       the compiled MLPResNet step (or `--memory-workload cnn|lstm|transformer`)
+               with its memory pool (`reuse_buffers=True`, the default) against the same plan
+               without it, in this process: ms per replay in alternating blocks, minor page
+               faults per replay (getrusage), and the plan's pool and peak bytes. Needle only.
 
 The runs alternate (needle eager, needle compiled, torch eager, torch.compile), `--repeat`
 times; the table shows medians and the ratios compiled needle / each peer.
 
 Run: python benchmarks/bench_compile.py [--cases chain,mlp,cnn,lstm,transformer,capture]
      [--steps N] [--repeat 3] [--threads 2] [--no-torch-compile]
+     python benchmarks/bench_compile.py --cases memory [--memory-workload mlp] [--steps 200]
 """
 import os
 import sys
@@ -106,6 +111,42 @@ def capture_time(wl):
     return times
 
 
+def memory_ab(wl, steps, repeat):
+    """{reuse_buffers: (ms per replay medians, minor faults per replay medians, plan)}: the
+    compiled step with and without the pool, `steps` replays per block, blocks alternating."""
+    import resource
+
+    runs = {}
+    for reuse in (True, False):
+        model = wl.needle_model()
+        model.train()
+        opt = wl.needle_optimizer(model)
+
+        def train_step(x, y, model=model, opt=opt):
+            opt.reset_grad()
+            loss = wl.needle_loss(model, x, y)
+            loss.backward(create_graph=False)
+            opt.step()
+            return loss
+
+        step = ndl.compile(train_step, reuse_buffers=reuse, track=(model, opt))
+        batches = [tuple(ndl.Tensor(a, requires_grad=False) for a in wl.batch(k))
+                   for k in range(4)]
+        for k in range(4):  # eager, recorded, replayed
+            step(*batches[k % len(batches)]).numpy()
+        runs[reuse] = (step, batches, [], [])
+    for _ in range(repeat):
+        for reuse, (step, batches, times, faults) in runs.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t0 = time.perf_counter()
+            for k in range(steps):
+                step(*batches[k % len(batches)]).numpy()
+            times.append((time.perf_counter() - t0) / steps * 1e3)
+            faults.append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / steps)
+    return {reuse: (statistics.median(t), statistics.median(f), step.plan)
+            for reuse, (step, _, t, f) in runs.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="chain,mlp,cnn,lstm,transformer,capture")
@@ -114,6 +155,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-torch-compile", action="store_true")
     ap.add_argument("--data-dir", default=os.environ.get("NEEDLE_FASHION_MNIST"))
+    ap.add_argument("--memory-workload", default="mlp",
+                    help="the training step of the memory case (mlp, cnn, lstm, transformer)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -148,6 +191,22 @@ def main():
         print(f"capture (MLPResNet step): first eager call {eager:.3f} s, recording call "
               f"{record:.3f} s, first replay {replay:.3f} s; recording + first replay "
               f"{record + replay:.3f} s (target < 2 s)")
+
+    if "memory" in cases:
+        wl = WORKLOADS[args.memory_workload](args)
+        steps = args.steps or 200
+        res = memory_ab(wl, steps, args.repeat)
+        print(f"\nmemory pool, {args.memory_workload} step, medians of {args.repeat} "
+              f"alternating blocks of {steps} replays ({machine()}, {args.threads} threads)")
+        for reuse, (ms, faults, plan) in res.items():
+            pooled = sum(len(s[5]) for s in plan.pool)
+            mib = 2 ** 20
+            print(f"  reuse_buffers={str(reuse):5s} {ms:8.3f} ms/step {faults:8.1f} minor "
+                  f"faults/step  pool {plan.pool_bytes / mib:6.2f} MiB ({pooled} values in "
+                  f"{len(plan.pool)} slots)  peak of intermediates "
+                  f"{plan.peak_bytes / mib:6.2f} MiB (unpooled "
+                  f"{plan.peak_bytes_unpooled / mib:6.2f})")
+        print(f"  pooled / unpooled step time: {res[True][0] / res[False][0]:.3f}")
 
     print(f"\nneedle.compile, medians of {args.repeat} alternating runs ({machine()}, "
           f"{args.threads} threads)")

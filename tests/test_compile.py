@@ -94,7 +94,7 @@ def _transformer():
     return model, opt, batch, lambda m, x, y: nn.SoftmaxLoss()(m(x), y)
 
 
-def _train(make, steps, compiled, create_graph=True, fuse=True):
+def _train(make, steps, compiled, create_graph=True, fuse=True, reuse_buffers=True):
     """Losses and final parameters of `steps` steps under a cosine schedule."""
     model, opt, batch, loss_fn = make()
     sched = ndl.optim.CosineAnnealing(opt, T_max=steps)
@@ -106,7 +106,8 @@ def _train(make, steps, compiled, create_graph=True, fuse=True):
         opt.step()
         return loss
 
-    step = ndl.compile(train_step, fuse=fuse) if compiled else train_step
+    step = (ndl.compile(train_step, fuse=fuse, reuse_buffers=reuse_buffers) if compiled
+            else train_step)
     np.random.seed(1)  # the dropout masks' stream
     losses = []
     for k in range(steps):

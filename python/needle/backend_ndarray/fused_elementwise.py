@@ -69,19 +69,24 @@ class FusedElementwise:
         self._c_shape = (ctypes.c_int64 * ndim)(*self.shape)
         self._c_strides = {}  # input strides -> their ctypes array (the same every replay)
         self._py = None  # the NumPy/CuPy program as one Python function, made on first use
+        self._entry_out = None  # the same with out= (entry_out), made on first use
         use_c = device.xp is np and C_MIN_ELEMENTS is not None and self.size >= C_MIN_ELEMENTS
         self._c = _compiled(self) if use_c else None
         self._cuda = _cuda_kernel(self) if device.xp is not np else None
 
-    def __call__(self, *args):
+    def __call__(self, *args, out=None):
+        """The result as a new NDArray, or written into `out` (a compact float32 NDArray of
+        the kernel's shape: the compiler's pooled buffers), which is then returned."""
         arrays, scalars = args[:self.n_inputs], args[self.n_inputs:]
         if self._c is not None:
-            return self._run_c(arrays, scalars)
+            return self._run_c(arrays, scalars, out)
         if self._cuda is not None:
             xp = self.device.xp
-            out = xp.empty(self.shape, dtype=np.float32)
-            self._cuda(*[a._array for a in arrays], *[np.float32(s) for s in scalars], out)
-            return NDArray._wrap(out, self.device)
+            dest = xp.empty(self.shape, dtype=np.float32) if out is None else out._array
+            self._cuda(*[a._array for a in arrays], *[np.float32(s) for s in scalars], dest)
+            return NDArray._wrap(dest, self.device) if out is None else out
+        if out is not None:
+            return self.entry_out()(*args, out=out)
         return self._run_xp(arrays, scalars)
 
     def entry(self):
@@ -95,6 +100,20 @@ class FusedElementwise:
             run = _python_function(self, self.device.xp, wrap=True)
         run.kernel = self
         return run
+
+    def entry_out(self):
+        """`entry()`'s function with an `out=` argument: `run(*args, out=o)` writes the result
+        into the NDArray `o` and returns it. The NumPy program writes each step into `out`
+        (a chain whose steps each read the step before), so no temporary is allocated."""
+        if self._entry_out is None:
+            if self._cuda is not None or self._c is not None:
+                def run(*args, out):
+                    return self(*args, out=out)
+            else:
+                run = _python_function(self, self.device.xp, wrap=True, into=True)
+            run.kernel = self
+            self._entry_out = run
+        return self._entry_out
 
     def describe(self) -> str:
         """The program as one expression, e.g. `tanh(((in0 * 1.01) + in1))`."""
@@ -118,8 +137,8 @@ class FusedElementwise:
         return NDArray._wrap(out, self.device)
 
     # ---- C -------------------------------------------------------------------------------------
-    def _run_c(self, arrays, scalars):
-        out = np.empty(self.shape, dtype=np.float32)
+    def _run_c(self, arrays, scalars, into=None):
+        out = np.empty(self.shape, dtype=np.float32) if into is None else into._array
         ndim = len(self.shape)
         args = [self.size, ndim, self._c_shape, out.__array_interface__["data"][0]]
         keep = []  # converted or broadcast views, alive until the call returns
@@ -137,7 +156,7 @@ class FusedElementwise:
             args += [native.__array_interface__["data"][0], strides]
         args.append((ctypes.c_float * max(self.n_scalars, 1))(*[float(s) for s in scalars]))
         self._c(*args)
-        return NDArray._wrap(out, self.device)
+        return NDArray._wrap(out, self.device) if into is None else into
 
 
 def _operand_text(o, exprs):
@@ -157,13 +176,23 @@ _PY = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": 
        "sqrt": "xp.sqrt({0})", "abs": "xp.abs({0})"}
 
 
-def _python_function(kernel, xp, wrap=False):
+_UFUNC = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide",
+          "neg": "negative", "maximum": "maximum", "minimum": "minimum", "exp": "exp",
+          "log": "log", "tanh": "tanh", "sqrt": "sqrt", "abs": "absolute"}
+
+
+def _python_function(kernel, xp, wrap=False, into=False):
     """The program as one generated Python function of (inputs..., scalars...): the same
     array-module calls as the unfused kernels, without their per-call Python. With `wrap`
-    it takes and returns NDArrays (the result has the layout the unfused kernels give)."""
+    it takes and returns NDArrays (the result has the layout the unfused kernels give).
+    With `into` it also takes `out` (an NDArray) and writes the result there: the same
+    ufuncs with `out=`, every step into `out` when each step reads only the one before it
+    (what fusion makes), else temporaries and the last step into `out`."""
     ns = {"xp": xp, "ndarray": xp.ndarray, "wrap": NDArray._wrap, "device": kernel.device}
     names = [f"in{i}" for i in range(kernel.n_inputs)] + [
         f"s{j}" for j in range(kernel.n_scalars)]
+    if into:
+        return _python_function_into(kernel, xp, ns, names)
     lines = [f"def run({', '.join(names)}):"]
     if wrap:
         lines += [f"    in{i} = in{i}._array" for i in range(kernel.n_inputs)]
@@ -185,6 +214,33 @@ def _python_function(kernel, xp, wrap=False):
                   f"    return wrap({last}, device)"]
     else:
         lines.append(f"    return {last}")
+    exec("\n".join(lines), ns)
+    return ns["run"]
+
+
+def _python_function_into(kernel, xp, ns, names):
+    chain = all(x == j - 1 for j, (_, operands) in enumerate(kernel.program)
+                for k, x in operands if k == "t")
+    last = len(kernel.program) - 1
+    lines = [f"def run({', '.join(names + ['out'])}):"]
+    lines += [f"    in{i} = in{i}._array" for i in range(kernel.n_inputs)]
+    lines.append("    o = out._array")
+    for j, (op, operands) in enumerate(kernel.program):
+        args = []
+        for k, x in operands:
+            if k == "c":
+                args.append(repr(x) if isinstance(x, int) or np.isfinite(x) else
+                            f"float({str(x)!r})")
+            elif k == "t":
+                args.append("o" if chain else f"t{x}")
+            else:
+                args.append(f"{k}{x}")
+        call = f"xp.{_UFUNC[op]}({', '.join(args)}"
+        if chain or j == last:
+            lines.append(f"    {call}, out=o)")
+        else:
+            lines.append(f"    t{j} = {call})")
+    lines.append("    return out")
     exec("\n".join(lines), ns)
     return ns["run"]
 

@@ -63,9 +63,11 @@ class Ref:
 
 class ValueInfo:
     """What the plan needs to know about one value: shape, dtype, bytes, whether it owns its
-    memory (a view costs nothing), and the NDArray seen first (for inputs and state)."""
+    memory (a view costs nothing) and is row-major, the bytes it spans (`extent`: first and
+    one past the last address, None when empty) and the NDArray seen first (for inputs and
+    state)."""
 
-    __slots__ = ("shape", "dtype", "nbytes", "owns", "array", "root")
+    __slots__ = ("shape", "dtype", "nbytes", "owns", "contiguous", "extent", "array", "root")
 
     def __init__(self, array: NDArray, root_vid):
         native = array._array
@@ -73,8 +75,22 @@ class ValueInfo:
         self.dtype = str(native.dtype)
         self.nbytes = int(native.nbytes)
         self.owns = native.base is None
+        self.contiguous = bool(native.flags.c_contiguous)
+        self.extent = _extent(native, array.device)
         self.array = array
         self.root = root_vid  # the value whose memory this one views (None: its own)
+
+
+def _extent(native, device):
+    if native.size == 0:
+        return None
+    lo = hi = device.data_ptr(native)
+    for n, s in zip(native.shape, native.strides):
+        if s < 0:
+            lo += s * (n - 1)
+        else:
+            hi += s * (n - 1)
+    return lo, hi + native.dtype.itemsize
 
 
 class Event:
@@ -130,6 +146,24 @@ class Recorder:
                 return True
             base = getattr(base, "base", None)
         return False
+
+    def memory_blocks(self) -> dict:
+        """value id -> block number: values whose bytes overlap are one block (a buffer and
+        every view of it, found by address, so views whose `base` does not say so count
+        too). Every recorded array is kept alive until the recording is dropped, so two
+        values overlap only when they share memory. Empty values have no block."""
+        spans = sorted((info.array.device.name, info.extent, v)
+                       for v, info in self.values.items() if info.extent is not None)
+        blocks, block, end, where = {}, -1, None, None
+        for device, (lo, hi), v in spans:
+            if end is None or lo >= end or device != where:  # (each device: its addresses)
+                where = device
+                block += 1
+                end = hi
+            else:
+                end = max(end, hi)
+            blocks[v] = block
+        return blocks
 
     def _template(self, x):
         if isinstance(x, NDArray):

@@ -49,19 +49,22 @@ class RecompileWarning(UserWarning):
 
 
 def compile(fn=None, *, explain: bool = False, cache_size: int = 8, track=(),  # noqa: A001
-            fuse: bool = True):
+            fuse: bool = True, reuse_buffers: bool = True):
     """A callable with `fn`'s signature that records `fn`'s kernel calls and replays them.
 
     `fn` takes Tensors (and other values, which become part of the signature) and returns a
     Tensor or a tuple/list of Tensors. The modules and optimizers it uses are found in its
     closure and globals (and one attribute level below them); pass others in `track`.
-    `fuse=False` keeps every elementwise kernel separate (see fusion.py). Usable as a
-    decorator, with or without arguments.
+    `fuse=False` keeps every elementwise kernel separate (see fusion.py);
+    `reuse_buffers=False` lets every kernel allocate its result on every replay instead of
+    writing into the plan's pooled buffers (see memory.py). Usable as a decorator, with or
+    without arguments.
 
     >>> step = needle.compile(train_step)
     >>> loss = step(x, y)          # eager; then recorded; then replayed
     """
-    opts = dict(explain=explain, cache_size=cache_size, track=track, fuse=fuse)
+    opts = dict(explain=explain, cache_size=cache_size, track=track, fuse=fuse,
+                reuse_buffers=reuse_buffers)
     if fn is None:
         return lambda f: Compiled(f, **opts)
     return Compiled(fn, **opts)
@@ -70,12 +73,14 @@ def compile(fn=None, *, explain: bool = False, cache_size: int = 8, track=(),  #
 class Compiled:
     """The compiled form of `fn` (see the module docstring); `plan` is the latest plan."""
 
-    def __init__(self, fn, explain=False, cache_size=8, track=(), fuse=True):
+    def __init__(self, fn, explain=False, cache_size=8, track=(), fuse=True,
+                 reuse_buffers=True):
         if not callable(fn):
             raise TypeError(f"needle.compile: expected a function, got {type(fn).__name__}")
         self.fn = fn
         self.explain = explain
         self.fuse = fuse
+        self.reuse_buffers = reuse_buffers
         self.cache_size = int(cache_size)
         self.modules, self.optimizers = _find_state(fn, track)
         self._state = None  # (fingerprint, module list, parameter list): see _state_lists
@@ -148,7 +153,7 @@ class Compiled:
         if self.fuse:
             fuse_elementwise(rec, set(out_vids) | {v for _, _, v in grads})
         plan = build_plan(rec, arg_vids, out_vids, out_spec, grads, updates, guards, signature,
-                          self._on_bad_view)
+                          self._on_bad_view, reuse_buffers=self.reuse_buffers)
         del rec
         gc.collect()
         self.plans[key] = self.plan = plan

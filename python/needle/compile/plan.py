@@ -8,6 +8,8 @@ the model's constant tensors: the plan holds these NDArrays and the kernels upda
 place), `v<i>` for what the kernels produce, and `s<i>` for the scalar slots read at the top
 of each replay. Each line calls the original NDArray method or Device kernel. A value is
 deleted right after its last use, so the replay holds no more memory than the eager step.
+The memory plan (memory.py) gives most intermediates a slot `b<j>` of an arena the plan
+holds; their line calls the kernel's out form instead (`v3 = nd_mul_out(v1, v2, out=b0)`).
 
 The source is the plan: `print(compiled.plan)` shows it with the buffer table.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 
 from ..backend_ndarray.recording import Ref
+from .memory import event_refs, plan_memory
 from .scalars import Sym
 
 __all__ = ["Plan", "build_plan"]
@@ -24,13 +27,20 @@ __all__ = ["Plan", "build_plan"]
 class Plan:
     """One recorded step ready to replay; `str(plan)` is the readable listing."""
 
-    def __init__(self, replay, source, n_kernels, buffers, peak_bytes, guards, state,
-                 out_spec, signature):
+    def __init__(self, replay, source, n_kernels, buffers, memory, pool, arenas, guards,
+                 state, out_spec, signature):
         self.replay = replay  # replay(*input NDArrays) -> tuple of output NDArrays
         self.source = source
         self.n_kernels = n_kernels
         self.buffers = buffers  # [(name, kind, shape, dtype, nbytes)]
-        self.peak_bytes = peak_bytes
+        # the memory plan (memory.py): intermediates' bytes at the fullest event, with the
+        # pool and without it; the arenas: [(name, device, dtype, nbytes, NDArray)]; the
+        # slots: [(name, arena index, byte offset, shape, nbytes, value names, NDArray view)]
+        self.peak_bytes = memory.peak
+        self.peak_bytes_unpooled = memory.peak_unpooled
+        self.arenas = arenas
+        self.pool = pool
+        self.pool_bytes = memory.pool_bytes
         self.guards = guards  # [(check() -> bool, description)]
         self.state = state  # names of the values updated in place
         self.out_spec = out_spec
@@ -51,7 +61,11 @@ class Plan:
             kinds[kind] = (n + 1, b + nbytes)
         lines = [f"plan for {self.signature}",
                  f"  {self.n_kernels} kernel calls ({self.source.count('= fused')} of them "
-                 f"fused elementwise groups); peak of intermediates {_size(self.peak_bytes)}"]
+                 f"fused elementwise groups); peak of intermediates {_size(self.peak_bytes)}"
+                 f" ({_size(self.peak_bytes_unpooled)} without the pool)",
+                 f"  pool: {len(self.arenas)} arena(s), {_size(self.pool_bytes)}, "
+                 f"{len(self.pool)} slots holding {sum(len(p[5]) for p in self.pool)} "
+                 f"intermediates"]
         for kind, (n, b) in sorted(kinds.items()):
             lines.append(f"  {kind:<13} {n:5d} buffers {_size(b):>10}")
         if self.guards:
@@ -62,6 +76,15 @@ class Plan:
         lines.append("buffers:")
         for name, kind, shape, dtype, nbytes in self.buffers:
             lines.append(f"  {name:<6} {kind:<13} {str(shape):<20} {dtype:<8} {_size(nbytes)}")
+        if self.pool:
+            lines.append("")
+            lines.append("pool (allocated once; each slot's values take turns in its bytes):")
+        for name, device, dtype, nbytes, _ in self.arenas:
+            lines.append(f"  {name:<9} {device} {dtype} {_size(nbytes)}")
+        for name, k, off, shape, nbytes, users, _ in self.pool:
+            where = f"arena{k}[{off}:{off + nbytes}]"
+            lines.append(f"  {name:<6} {where:<24} {str(shape):<18} {_size(nbytes):>10}  "
+                         + " ".join(users))
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -75,7 +98,7 @@ def _size(n):
 
 
 def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, signature,
-               on_bad_view):
+               on_bad_view, reuse_buffers=True):
     """The Plan of a finished recording.
 
     arg_vids: value id of each input NDArray, in the order `replay` takes them.
@@ -99,7 +122,17 @@ def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, s
             ns[consts[key]] = x
         return consts[key]
 
-    fn_names = {}
+    fn_names, out_names = {}, {}
+
+    def out_name(e, base, form):
+        if id(form) not in out_names:
+            n, k = f"{base}_out", 1
+            while n in ns:
+                k += 1
+                n = f"{base}_out{k}"
+            out_names[id(form)] = n
+            ns[n] = form
+        return out_names[id(form)]
 
     def fn_name(e):
         key = id(e.fn)
@@ -151,16 +184,29 @@ def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, s
     # last use of each produced value (outputs and gradients stay alive)
     last_use = {}
     for i, e in enumerate(events):
-        for v in _refs(e.args, e.kwargs):
+        for v in event_refs(e.args, e.kwargs):
             last_use[v] = i
     keep = set(out_vids) | {v for _, _, v in grads}
+    mem = plan_memory(rec, arg_vids, keep, reuse_buffers)
+    arenas = [device.empty((nbytes // _ITEMSIZE[dtype],), dtype=dtype)  # held by the plan
+              for device, dtype, nbytes in mem.arenas]
+    slot_names, slots = {}, []  # (arena, offset, shape) -> name; [(name, arena, offset, v)]
+    for v, (k, off) in sorted(mem.slots.items(), key=lambda s: s[1]):
+        info = rec.values[v]
+        where = (k, off, info.shape)
+        if where not in slot_names:
+            slot_names[where] = f"b{len(slot_names)}"
+            lo = off // _ITEMSIZE[info.dtype]
+            ns[slot_names[where]] = arenas[k][lo:lo + info.nbytes // _ITEMSIZE[info.dtype]
+                                              ].reshape(info.shape)
+        slots.append((slot_names[where], k, off, v))
+    slot_of = {v: name for name, _, _, v in slots}
 
-    body, live, peak, produced_names = [], 0, 0, set()
+    body, produced_names = [], set()
     n_val = 0
     for i, e in enumerate(events):
         call_args = [arg(a) for a in e.args] + [f"{k}={arg(a)}" for k, a in e.kwargs.items()]
-        call = f"{fn_name(e)}({', '.join(call_args)})"
-        ins = set(_refs(e.args, e.kwargs))
+        ins = set(event_refs(e.args, e.kwargs))
         outs = e.outputs if isinstance(e.outputs, tuple) else (e.outputs,)
         targets = []
         for v in outs:
@@ -173,11 +219,15 @@ def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, s
             n_val += 1
             produced_names.add(v)
             info = rec.values[v]
-            if info.owns:
-                live += info.nbytes
-            buffers.append((names[v], "intermediate" if v not in keep else "output",
-                            info.shape, info.dtype, info.nbytes if info.owns else 0))
+            kind = "output" if v in keep else "pooled" if v in slot_of else "intermediate"
+            buffers.append((names[v], kind, info.shape, info.dtype,
+                            info.nbytes if info.owns and kind != "pooled" else 0))
             targets.append(names[v])
+        fn = fn_name(e)
+        if e.outputs in slot_of and targets[0] != "_":  # the out kernel writes its slot
+            fn = out_name(e, fn, mem.forms[e.outputs])
+            call_args.append(f"out={slot_of[e.outputs]}")
+        call = f"{fn}({', '.join(call_args)})"
         if e.outputs is None:
             written.update(ins)  # a kernel returning nothing updates its inputs in place
             line = f"    {call}"
@@ -188,11 +238,9 @@ def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, s
         if e.name == "fused":
             line += f"  # {e.fn.kernel.describe()}"
         body.append(line)
-        peak = max(peak, live)
         dead = [v for v in ins if last_use.get(v) == i and v in produced_names and v not in keep]
         if dead:
             body.append("    del " + ", ".join(names[v] for v in dead))
-            live -= sum(rec.values[v].nbytes for v in dead if rec.values[v].owns)
 
     for v in out_vids:
         name(v)
@@ -221,26 +269,18 @@ def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, s
             buffers.append((n, "input", info.shape, info.dtype, info.nbytes))
     buffers.sort(key=lambda b: (b[0][0], int(b[0][1:])))
     state = sorted(names[v] for v in written if v in names)
-    return Plan(ns["replay"], source, len(events), buffers, peak, guards, state, out_spec,
-                signature)
+    users = {}
+    for name, k, off, v in slots:
+        users.setdefault(name, (k, off, rec.values[v], []))[3].append(names[v])
+    pool = [(name, k, off, info.shape, info.nbytes, vs, ns[name])
+            for name, (k, off, info, vs) in users.items()]
+    arena_rows = [(f"arena{k}", device.name, dtype, nbytes, arenas[k])
+                  for k, (device, dtype, nbytes) in enumerate(mem.arenas)]
+    return Plan(ns["replay"], source, len(events), buffers, mem, pool, arena_rows, guards,
+                state, out_spec, signature)
 
 
-def _refs(args, kwargs):
-    out = []
-
-    def walk(x):
-        if isinstance(x, Ref):
-            out.append(x.vid)
-        elif isinstance(x, (list, tuple)):
-            for a in x:
-                walk(a)
-        elif isinstance(x, dict):
-            for a in x.values():
-                walk(a)
-
-    walk(args)
-    walk(kwargs)
-    return out
+_ITEMSIZE = {"float32": 4}  # the dtypes the memory plan pools
 
 
 def _literal(x):
