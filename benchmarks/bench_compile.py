@@ -19,7 +19,9 @@ Cases:
                faults per replay (getrusage), and the plan's pool and peak bytes. Needle only.
 
 The runs alternate (needle eager, needle compiled, torch eager, torch.compile), `--repeat`
-times; the table shows medians and the ratios compiled needle / each peer.
+times; the table shows medians and the ratios compiled needle / each peer. Each timed
+training run is a fresh child process (bench_workloads.py's `--child`; `--in-process` times
+them here): in one process the two frameworks' idle BLAS/OpenMP threads slow each other down.
 
 Run: python benchmarks/bench_compile.py [--cases chain,mlp,cnn,lstm,transformer,capture]
      [--steps N] [--repeat 3] [--threads 2] [--no-torch-compile]
@@ -157,6 +159,9 @@ def main():
     ap.add_argument("--data-dir", default=os.environ.get("NEEDLE_FASHION_MNIST"))
     ap.add_argument("--memory-workload", default="mlp",
                     help="the training step of the memory case (mlp, cnn, lstm, transformer)")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time the training steps in this process (by default each timed run "
+                         "is a fresh child process, as in bench_workloads.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -181,7 +186,8 @@ def main():
         per = {m: [] for m in modes}
         for r in range(args.repeat):
             for m in modes:
-                per[m].append(bw.timed_run(wl, *runs[m], steps, wl.warmup))
+                per[m].append(bw.timed_run(wl, *runs[m], steps, wl.warmup,
+                                           isolate=not args.in_process))
                 print(f"{name} repeat {r + 1}/{args.repeat}: {m:16s} {per[m][-1]:10.1f} "
                       f"{wl.unit}", flush=True)
         results[name] = (wl.unit, {m: statistics.median(v) for m, v in per.items()})
