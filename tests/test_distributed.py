@@ -260,6 +260,82 @@ def test_reducer_missing_gradients_and_second_backward(fake_world):
     reducer.close()
 
 
+def test_reducer_gradients_are_views_that_survive_the_next_step(fake_world):
+    model, reference = _deep_mlp(), _deep_mlp()
+    reducer = dist.GradientReducer(model.parameters(), bucket_bytes=64 * 64 * 4)
+    kept = []
+    for step in range(3):
+        for m in (model, reference):
+            for p in m.parameters():
+                p.grad = None
+        _loss(reference, step).backward(create_graph=False)
+        _loss(model, step).backward(create_graph=False)
+        reducer.finish()
+        kept.append([(p.grad, r.grad.numpy().copy()) for p, r in
+                     zip(model.parameters(), reference.parameters())])
+        if step > 0:  # the gradients of the step before were not overwritten by this one
+            for grad, expected in kept[-2]:
+                np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-6)
+        for grad, expected in kept[-1]:
+            np.testing.assert_allclose(grad.numpy(), expected, rtol=1e-6)
+    reducer.close()
+
+
+def test_reducer_without_tests_progresses_nothing_before_finish(fake_world):
+    model = _deep_mlp()
+    reducer = dist.GradientReducer(model.parameters(), bucket_bytes=64 * 64 * 4, test_every=0)
+    for step in range(2):
+        fake_world.pending.clear()
+        _loss(model, step).backward(create_graph=False)
+        if step == 1:  # started during the backward, but never tested: still in flight
+            assert fake_world.pending and all(b is not None for b in fake_world.pending)
+        reducer.finish()
+        assert all(b is None for b in fake_world.pending)
+    reducer.close()
+
+
+def test_reducer_and_sharded_optimizer_reject_bad_arguments(fake_world):
+    params = _deep_mlp().parameters()
+    with pytest.raises(ValueError, match="wait must be one of"):
+        dist.GradientReducer(params, wait="sleep")
+    with pytest.raises(ValueError, match="GradientReducer: transport must be"):
+        dist.GradientReducer(params, transport="tcp")
+    assert dist.GradientReducer(params).transport == "mpi"  # the fake MPI has no windows
+    model = dist.DistributedDataParallel(_deep_mlp(), broadcast=False)
+    with pytest.raises(TypeError, match="elementwise rule"):
+        dist.ShardedOptimizer(ndl.optim.LBFGS(model.parameters()), model)
+    with pytest.raises(TypeError, match="must be a DistributedDataParallel"):
+        dist.ShardedOptimizer(ndl.optim.SGD(params), _deep_mlp())
+    with pytest.raises(ValueError, match="optimizer's parameters must be the model's"):
+        dist.ShardedOptimizer(ndl.optim.SGD(params), model)
+    with pytest.raises(ValueError, match="transport must be"):
+        dist.ShardedOptimizer(ndl.optim.SGD(model.parameters()), model, transport="tcp")
+    model.reducer.close()
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_sharded_optimizer_in_one_process_is_the_optimizer(opt_name):
+    model, reference = _deep_mlp(), _deep_mlp()
+    make = {"sgd": lambda ps: ndl.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
+            "adam": lambda ps: ndl.optim.Adam(ps, lr=0.01)}[opt_name]
+    ddp = dist.DistributedDataParallel(model)
+    opt = dist.ShardedOptimizer(make(ddp.parameters()), ddp)
+    ref_opt = make(reference.parameters())
+    for step in range(3):
+        for o, m in ((opt, ddp), (ref_opt, reference)):
+            o.reset_grad()
+            _loss(m, step).backward(create_graph=False)
+        ddp.allreduce_gradients()
+        assert opt.clip_grad_norm(1.0) == pytest.approx(ref_opt.clip_grad_norm(1.0), rel=1e-6)
+        opt.step()
+        ref_opt.step()
+    for p, r in zip(model.parameters(), reference.parameters()):
+        np.testing.assert_array_equal(p.numpy(), r.numpy())
+    assert opt.state_dict()["state"].keys() == ref_opt.state_dict()["state"].keys()
+    assert opt.local_state_size() == sum(p.numpy().size for p in model.parameters()) * (
+        1 if opt_name == "sgd" else 2)
+
+
 def test_reducer_is_released_with_its_owner(fake_world):
     reducer = dist.GradientReducer(_deep_mlp().parameters())
     hook = reducer._hook
@@ -477,14 +553,24 @@ def ddp_results(tmp_path_factory):
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 @pytest.mark.parametrize("norm", ["syncbn", "layernorm"])
 @pytest.mark.parametrize("graph", [0, 1])
-def test_two_processes_equal_one_with_double_batch(ddp_results, opt, norm, graph):
+@pytest.mark.parametrize("mode", [0, 1, 2, 3])  # ddp_check.MODES: (sharded step, transport)
+def test_two_processes_equal_one_with_double_batch(ddp_results, opt, norm, graph, mode):
     one, two = ddp_results
     assert int(one["world_size"]) == 1 and int(two["world_size"]) == 2
-    prefix = f"{opt}.{norm}.{graph}."
-    keys = [k for k in one.files if k.startswith(prefix)]
+    shard = mode in (1, 2)
+    prefix = f"{opt}.{norm}.{graph}.{mode}."
+    keys = [k for k in one.files if k.startswith(prefix) and not k.endswith("state_size")]
     assert any(".buf." in k for k in keys) == (norm == "syncbn")
+    # parameters, optimizer state (gathered from the shards), losses and clipped norms
+    assert any(".state." in k for k in keys)
     for k in keys:
         np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-5, err_msg=k)
+    if shard:
+        # ZeRO-1: each rank holds about half of the optimizer state, together all of it
+        total = int(one[prefix + "state_size"][0])
+        sizes = two[prefix + "state_size"]
+        assert sizes.sum() == total and sizes.max() < 0.6 * total, (sizes, total)
+        assert (one[prefix + "norms"] > float(one["clip_norm"])).any()  # the clipping clipped
     # the weights did move (the comparison is not between two untouched initializations), and
     # rank 1's own initialization (another seed) was replaced by rank 0's broadcast
     assert np.abs(one[prefix + "p0"] - one[prefix + "init0"]).max() > 1e-2

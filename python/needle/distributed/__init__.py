@@ -2,7 +2,8 @@
 
 `comm` holds the MPI primitives (low in the stack: imports no nn), `data_parallel` the
 parameter broadcast, gradient all-reduce and DistributedDataParallel, `overlap` the all-reduce
-that runs during the backward (GradientReducer), and `plugin` the trainer
+that runs during the backward (GradientReducer), `sharded` the ZeRO-1 optimizer step
+(ShardedOptimizer), and `plugin` the trainer
 plugin (above nn; imported by the CLI, not here).
 """
 from .comm import (
@@ -16,6 +17,7 @@ from .data_parallel import (
     gradient_bytes,
 )
 from .overlap import GradientReducer
+from .sharded import ShardedOptimizer
 
 __all__ = [
     "init", "is_initialized", "is_distributed", "rank", "world_size", "is_main_process",
@@ -23,5 +25,5 @@ __all__ = [
     "broadcast_parameters", "allreduce_gradients", "DistributedDataParallel",
     "distributed_sampler", "gradient_bytes", "install_excepthook", "abort", "abort_on_error",
     "mpiexec_command", "comm_stats", "reset_comm_stats", "DEFAULT_BUCKET_BYTES",
-    "GradientReducer", "local_world_size", "set_threads_per_rank",
+    "GradientReducer", "ShardedOptimizer", "local_world_size", "set_threads_per_rank",
 ]

@@ -9,7 +9,7 @@ import numpy as np
 from ..autograd import Tensor
 from . import comm as _comm
 from .comm import DEFAULT_BUCKET_BYTES, init, is_distributed, rank, world_size
-from .overlap import OVERLAP_BUCKET_BYTES, GradientReducer
+from .overlap import OVERLAP_BUCKET_BYTES, GradientReducer, resolve_transport
 
 __all__ = ["broadcast_parameters", "allreduce_gradients", "DistributedDataParallel",
            "distributed_sampler", "gradient_bytes"]
@@ -110,22 +110,30 @@ class DistributedDataParallel:
     all-reduce of each bucket starts during the fast backward (`GradientReducer`), with
     `overlap=False` all of it runs in that call. `bucket_bytes` defaults to 1 MiB with
     overlap (buckets must be a fraction of the model to start early), 25 MiB without (fewest
-    calls). Attributes not found on the
+    calls); `wait` and `transport` are the reducer's (see `GradientReducer`: "auto" sums the
+    gradients in shared memory when every rank is on this machine, with one 25 MiB bucket by
+    default, as nothing overlaps there). Wrapping the optimizer in
+    `ShardedOptimizer(opt, model)` makes the step ZeRO-1 (each rank updates 1/N of the
+    parameters). Attributes not found on the
     wrapper (parameters(), train(), state_dict(), ...) come from the wrapped `module`, so
     checkpoints have the same keys as the plain model's.
     """
 
     def __init__(self, module, bucket_bytes: Optional[int] = None, broadcast: bool = True,
-                 overlap: bool = True):
+                 overlap: bool = True, wait: str = "spin", transport: str = "auto"):
         init()
         self.module = module
-        default = OVERLAP_BUCKET_BYTES if overlap else DEFAULT_BUCKET_BYTES
+        transport = resolve_transport(module.parameters(), transport) if overlap else "mpi"
+        # buckets overlap the backward over MPI only: shared memory takes the fewest
+        default = (OVERLAP_BUCKET_BYTES if overlap and transport == "mpi"
+                   else DEFAULT_BUCKET_BYTES)
         self.bucket_bytes = int(bucket_bytes or default)
         if broadcast:
             broadcast_parameters(module)
         self.reducer = None
         if overlap and is_distributed():
-            self.reducer = GradientReducer(module.parameters(), self.bucket_bytes)
+            self.reducer = GradientReducer(module.parameters(), self.bucket_bytes, wait=wait,
+                                           transport=transport)
 
     def __call__(self, *args, **kwargs):
         return self.module(*args, **kwargs)

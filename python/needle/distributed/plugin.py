@@ -7,11 +7,11 @@ from ..data import DistributedSampler
 from ..errors import ConfigError
 from ..nn import convert_sync_batchnorm
 from .comm import (
-    allreduce_array, init, install_excepthook, is_main_process, rank,
+    DEFAULT_BUCKET_BYTES, allreduce_array, init, install_excepthook, is_main_process, rank,
     set_threads_per_rank,
 )
 from .data_parallel import broadcast_parameters, distributed_sampler
-from .overlap import OVERLAP_BUCKET_BYTES, GradientReducer
+from .overlap import OVERLAP_BUCKET_BYTES, GradientReducer, resolve_transport
 
 __all__ = ["trainer_plugin"]
 
@@ -24,11 +24,12 @@ def trainer_plugin(trainer, args) -> None:
     SyncBatchNorm and rank 0's weights are broadcast, so N processes train the model one
     process would; `--batch-size` stays the global batch (each rank loads batch/N samples of
     its `DistributedSampler` shard, reshuffled per epoch from `--seed`); gradients are averaged
-    during and after every backward (`GradientReducer`: buckets start their all-reduce while
-    the backward runs); each rank gets its share of the machine's cores
-    (`set_threads_per_rank`, `trainer.threads_per_rank`). Validation is sharded: rank r
-    evaluates samples r, r + N, ... and the loss and accuracy sums are all-reduced, so the
-    metrics are the whole set's, computed in 1/N of the time. `trainer.world_size` says N.
+    during and after every backward (`GradientReducer`: in shared memory when every rank is on
+    this machine, else buckets start their all-reduce while the backward runs); each rank
+    gets its share of the machine's cores (`set_threads_per_rank`,
+    `trainer.threads_per_rank`). Validation is sharded: rank r evaluates samples r, r + N, ...
+    and the loss and accuracy sums are all-reduced, so the metrics are the whole set's,
+    computed in 1/N of the time. `trainer.world_size` says N.
     Checkpoints hold the plain model, so `--resume` works with any N.
     """
     n = init()
@@ -56,8 +57,11 @@ def trainer_plugin(trainer, args) -> None:
         trainer.eval_data = _shard_loader(data, data.batch_size, DistributedSampler(
             data.dataset, num_replicas=n, rank=rank(), shuffle=False, pad=False))
         trainer.reduce_eval_sums = _allreduce_sums
-    bucket_bytes = int(getattr(args, "bucket_bytes", None) or OVERLAP_BUCKET_BYTES)
-    reducer = GradientReducer(model.parameters(), bucket_bytes)
+    # every rank on this machine: the gradients are summed in shared memory (one bucket)
+    transport = resolve_transport(model.parameters(), "auto")
+    default = OVERLAP_BUCKET_BYTES if transport == "mpi" else DEFAULT_BUCKET_BYTES
+    bucket_bytes = int(getattr(args, "bucket_bytes", None) or default)
+    reducer = GradientReducer(model.parameters(), bucket_bytes, transport=transport)
     trainer.after_backward.append(lambda t: reducer.finish())
 
 
