@@ -320,8 +320,9 @@ def test_plan_lists_kernels_and_buffers():
     assert "dev_adam_update" in text and "dev_batch_norm_fwd" in text
     assert f"{f.plan.n_kernels} kernel calls" in text
     n_params = len(model.parameters())
-    # parameters, moments and running statistics are the state the plan updates in place
-    assert sum(b[1] == "state" for b in f.plan.buffers) >= 3 * n_params
+    # parameters, Adam's flat moments (one m and one v for all parameters) and running
+    # statistics are the state the plan updates in place
+    assert sum(b[1] == "state" for b in f.plan.buffers) >= n_params + 2
     assert text.count("\n    v") >= f.plan.n_kernels // 2
 
 

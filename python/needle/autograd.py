@@ -182,6 +182,19 @@ class Value:
         return value
 
 
+_OPS_CACHE = {}
+
+
+def _tuple_get_item():
+    """ops.tuple_get_item, imported once (ops imports this module)."""
+    fn = _OPS_CACHE.get("tuple_get_item")
+    if fn is None:
+        from .ops import tuple_get_item as fn
+
+        _OPS_CACHE["tuple_get_item"] = fn
+    return fn
+
+
 class TensorTuple(Value):
     """A tuple of tensors as one graph node (split, RNN states)."""
 
@@ -191,9 +204,7 @@ class TensorTuple(Value):
         return len(self.realize_cached_data())
 
     def __getitem__(self, index: int):
-        from .ops import tuple_get_item
-
-        return tuple_get_item(self, index)
+        return _tuple_get_item()(self, index)
 
     def tuple(self):
         return tuple(self[i] for i in range(len(self)))

@@ -15,6 +15,16 @@ from .conv_kernels import ConvKernels
 from .cpu_parallel import ParallelCPUKernels, RowThreads, keep_freed_memory
 from .seq_kernels import SequenceKernels
 
+_NDARRAY = None  # ndarray.NDArray, imported on first use (ndarray.py imports this module)
+
+
+def _ndarray_class():
+    global _NDARRAY
+    from .ndarray import NDArray
+
+    _NDARRAY = NDArray
+    return NDArray
+
 
 def _natives(*arrays):
     """The native arrays of NDArrays (None stays None)."""
@@ -110,9 +120,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         return self._wrap(self.xp.eye(n, dtype=dtype)[idx])
 
     def _wrap(self, array):
-        from .ndarray import NDArray
-
-        return NDArray._wrap(array, self)
+        return (_NDARRAY or _ndarray_class())._wrap(array, self)
 
     # ---- joins and selection (ndarray.py's module functions; NDArrays in and out) ----------
     def stack(self, arrays, axis=0):
