@@ -129,6 +129,20 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
     def concatenate(self, arrays, axis=0):
         return self._wrap(self.xp.concatenate([a._array for a in arrays], axis=axis))
 
+    def pack_flat(self, arrays):
+        """One new compact 1-d array: every NDArray of `arrays` flattened, in order (an
+        optimizer's flat update packs its parameters and gradients this way)."""
+        return self._wrap(self.xp.concatenate([a._array.reshape(-1) for a in arrays]))
+
+    def unpack_flat(self, flat, arrays) -> None:
+        """The inverse of `pack_flat`, in place: consecutive pieces of the 1-d `flat` written
+        into the NDArrays of `arrays` (each keeps its identity and strides)."""
+        src, off = flat._array, 0
+        for a in arrays:
+            n = a.size
+            a._array[...] = src[off:off + n].reshape(a.shape)
+            off += n
+
     def where(self, cond, a, b):
         """a where cond != 0, else b (a and b NDArrays or numbers)."""
         return self._wrap(self.xp.where(cond._array != 0, getattr(a, "_array", a),

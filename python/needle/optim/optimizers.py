@@ -226,14 +226,11 @@ class Adam(Optimizer):
             flat = cache[key] = self._flat_moments(items, sizes)
         m, v = flat[0], flat[1]
         device = ws[0].device
-        g = device.concatenate([g.reshape((-1,)) for _, _, g, _ in items])
-        w = device.concatenate([x.reshape((-1,)) for x in ws])
+        g = device.pack_flat([g for _, _, g, _ in items])
+        w = device.pack_flat(ws)
         device.adam_update(w, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.t,
                            self.weight_decay, self.decoupled)
-        off = 0
-        for x, n in zip(ws, sizes):
-            x.assign(w[off:off + n].reshape(x.shape))
-            off += n
+        device.unpack_flat(w, ws)
 
     @staticmethod
     def _flat_moments(items, sizes):
