@@ -41,8 +41,16 @@ class _TupleNode(tuple):
 
 def _array_node(node):
     """The fast backward's view of `node`: its value, with its inputs' values."""
-    inputs = tuple(x.cached_data for x in node.inputs)
-    needs = tuple(x.requires_grad for x in node.inputs)
+    ins = node.inputs
+    if len(ins) == 2:  # most ops: spelled out, this runs once per node of every backward
+        a, b = ins
+        inputs, needs = (a.cached_data, b.cached_data), (a.requires_grad, b.requires_grad)
+    elif len(ins) == 1:
+        a = ins[0]
+        inputs, needs = (a.cached_data,), (a.requires_grad,)
+    else:
+        inputs = tuple(x.cached_data for x in ins)
+        needs = tuple(x.requires_grad for x in ins)
     data = node.cached_data
     if isinstance(data, tuple):
         view = _TupleNode(data)
@@ -72,7 +80,9 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                     hook(node, grad)
                 continue
             if op.array_rule:
-                partials = op.gradient_as_tuple(grad, _array_node(node))
+                partials = op.gradient(grad, _array_node(node))
+                if type(partials) is not tuple:
+                    partials = tuple(partials) if isinstance(partials, list) else (partials,)
             else:
                 wrapped = type(node).make_const(grad)  # a constant Tensor or TensorTuple
                 partials = [None if p is None else p.realize_cached_data()

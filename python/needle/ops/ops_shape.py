@@ -38,8 +38,10 @@ def normalize_axes(op: str, axes, ndim: int) -> Optional[Tuple[int, ...]]:
 def reduce_to_shape(grad, shape: tuple):
     """Sum a broadcast gradient (a Tensor or an NDArray) back to `shape`, the input's shape
     before broadcasting."""
-    shape = tuple(shape)
     gshape = grad.shape
+    if gshape == shape:
+        return grad
+    shape = tuple(shape)
     if gshape == shape:
         return grad
     lead = len(gshape) - len(shape)
