@@ -4,8 +4,8 @@ Each commit is checked out into a temporary git worktree; every benchmark script
 commit runs there (its `_common.py` puts that tree's `python/` first on the path, so it times
 that commit's needle), old and new in turn, `--rounds` times. Each script prints its own
 needle / PyTorch ratio table; this driver collects the ratio of every case and prints the
-median ratio at each commit and new / old (above 1: the new commit does better against
-PyTorch than the old one did).
+median ratio at each commit and the gain (above 1: the new commit does better against
+PyTorch than the old one did; for time and memory ratios that is old / new).
 
 Run: python benchmarks/compare_commits.py OLD [NEW=HEAD] [--scripts bench_ops,bench_train,...]
      [--rounds 2] [--data-dir DIR]
@@ -24,6 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a row of _common.print_table: case, two values (%.3f), unit, ratio ("0.91x"), target
 ROW = re.compile(r"^(\S.*?)\s+(-?\d+\.\d{3})\s+(-?\d+\.\d{3})\s+(\S+)\s+(\d+\.\d+)x(\s|$)")
 ARGS = {"bench_train": ["--samples", "12800", "--repeat", "1"]}
+# units whose ratio is needle's time or memory over PyTorch's (lower is better); the others
+# are throughputs (higher is better)
+LOWER_IS_BETTER = {"us/op", "ms", "s", "MiB", "MB"}
 
 
 def worktree(commit: str, where: str) -> str:
@@ -44,7 +47,7 @@ def ratios(tree: str, script: str, data_dir) -> dict:
     for line in proc.stdout.splitlines():
         m = ROW.match(line)
         if m and not line.startswith("case"):
-            out[m.group(1).strip()] = float(m.group(5))
+            out[m.group(1).strip()] = (float(m.group(5)), m.group(4) in LOWER_IS_BETTER)
     return out
 
 
@@ -61,20 +64,25 @@ def main() -> int:
         trees = {c: worktree(c, tmp) for c in (args.old, args.new)}
         try:
             got = {(c, s): {} for c in trees for s in scripts}
+            lower_better = {}
             for r in range(args.rounds):
                 for s in scripts:
                     for c, tree in trees.items():
                         print(f"round {r + 1}/{args.rounds}: {s} at {c}", flush=True)
-                        for case, ratio in ratios(tree, s, args.data_dir).items():
+                        for case, (ratio, lower) in ratios(tree, s, args.data_dir).items():
                             got[(c, s)].setdefault(case, []).append(ratio)
-            print(f"\nneedle / PyTorch ratio (higher is better), medians of {args.rounds} "
-                  f"alternating rounds: {args.old} (old) and {args.new} (new)")
-            print(f"{'script':12s} {'case':50s} {'old':>7s} {'new':>7s} {'new/old':>8s}")
+                            lower_better[case] = lower
+            print(f"\nneedle / PyTorch ratio as each script prints it (time, memory: lower is "
+                  f"better; throughput: higher), medians of {args.rounds} alternating rounds: "
+                  f"{args.old} (old) and {args.new} (new); gain > 1: the new commit does "
+                  f"better against PyTorch")
+            print(f"{'script':12s} {'case':50s} {'old':>7s} {'new':>7s} {'gain':>7s}")
             for s in scripts:
                 old, new = got[(args.old, s)], got[(args.new, s)]
                 for case in [c for c in new if c in old]:
                     a, b = statistics.median(old[case]), statistics.median(new[case])
-                    print(f"{s:12s} {case[:50]:50s} {a:7.2f} {b:7.2f} {b / a:7.2f}x")
+                    gain = a / b if lower_better[case] else b / a
+                    print(f"{s:12s} {case[:50]:50s} {a:7.2f} {b:7.2f} {gain:6.2f}x")
                 for case in [c for c in new if c not in old]:
                     print(f"{s:12s} {case[:50]:50s} {'-':>7s} {statistics.median(new[case]):7.2f}")
         finally:
