@@ -43,20 +43,18 @@ def _array_node(node):
     """The fast backward's view of `node`: its value, with its inputs' values."""
     ins = node.inputs
     if len(ins) == 2:  # most ops: spelled out, this runs once per node of every backward
-        a, b = ins
-        inputs, needs = (a.cached_data, b.cached_data), (a.requires_grad, b.requires_grad)
+        inputs = (ins[0].cached_data, ins[1].cached_data)
     elif len(ins) == 1:
-        a = ins[0]
-        inputs, needs = (a.cached_data,), (a.requires_grad,)
+        inputs = (ins[0].cached_data,)
     else:
         inputs = tuple(x.cached_data for x in ins)
-        needs = tuple(x.requires_grad for x in ins)
     data = node.cached_data
     if isinstance(data, tuple):
         view = _TupleNode(data)
-        view.inputs, view.needs_input_grad = inputs, needs
+        view.inputs = inputs
+        view.needs_input_grad = tuple(x.requires_grad for x in ins)
         return view
-    return ArrayNode.of(data, inputs, needs)
+    return ArrayNode.of(data, inputs, node)
 
 
 def reverse_pass_fast(output, out_grad: NDArray) -> dict:

@@ -569,21 +569,22 @@ def einsum(subscripts: str, *arrays: NDArray) -> NDArray:
 
 
 class ArrayNode(NDArray):
-    """A graph node's value seen by the fast backward: the node's NDArray (same buffer),
-    plus `inputs` (the inputs' values) and `needs_input_grad`. An op's one `gradient` rule
-    reads `node` and `node.inputs` the same way whether they are Tensors or these."""
+    """A graph node's value seen by the fast backward: the node's NDArray (same buffer), plus
+    `inputs` (the inputs' values) and `needs_input_grad`. An op's one `gradient` rule reads
+    `node` and `node.inputs` the same way whether they are Tensors or these."""
 
-    __slots__ = ("inputs", "needs_input_grad")
+    __slots__ = ("inputs", "_node")
 
     @staticmethod
-    def of(value: NDArray, inputs: tuple, needs_input_grad: tuple) -> "ArrayNode":
+    def of(value: NDArray, inputs: tuple, node) -> "ArrayNode":
         out = object.__new__(ArrayNode)
-        out._array = value._array
-        out._device = value._device
-        out._root = value._root
-        out.inputs = inputs
-        out.needs_input_grad = needs_input_grad
+        out._array, out._device, out._root = value._array, value._device, value._root
+        out.inputs, out._node = inputs, node
         return out
+
+    @property
+    def needs_input_grad(self) -> tuple:  # read from the graph node: few rules ask
+        return tuple(x.requires_grad for x in self._node.inputs)
 
     def realize_cached_data(self) -> NDArray:
         return self
