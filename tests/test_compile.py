@@ -3,6 +3,7 @@ eager run of the same code with the same seeds), guards, memory, refusals and th
 import gc
 import os
 import sys
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -94,18 +95,23 @@ def _transformer():
     return model, opt, batch, lambda m, x, y: nn.SoftmaxLoss()(m(x), y)
 
 
+def _traced_peak(fn, *args):
+    """Peak bytes NumPy allocated during fn(*args) (NumPy reports its buffers to
+    tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        fn(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def _train(make, steps, compiled, create_graph=True, fuse=True, reuse_buffers=True):
     """Losses and final parameters of `steps` steps under a cosine schedule."""
     model, opt, batch, loss_fn = make()
     sched = ndl.optim.CosineAnnealing(opt, T_max=steps)
-
-    def train_step(x, y):
-        opt.reset_grad()
-        loss = loss_fn(model, x, y)
-        loss.backward(create_graph=create_graph)
-        opt.step()
-        return loss
-
+    train_step = _train_step(model, opt, loss_fn, create_graph)
     step = (ndl.compile(train_step, fuse=fuse, reuse_buffers=reuse_buffers) if compiled
             else train_step)
     np.random.seed(1)  # the dropout masks' stream
@@ -442,15 +448,7 @@ def test_fused_plan_equals_unfused_plan(make):
     results = {}
     for fuse in (False, True):
         model, opt, batch, loss_fn = make()
-
-        def train_step(x, y):
-            opt.reset_grad()
-            loss = loss_fn(model, x, y)
-            loss.backward(create_graph=False)
-            opt.step()
-            return loss
-
-        step = ndl.compile(train_step, fuse=fuse)
+        step = ndl.compile(_train_step(model, opt, loss_fn, create_graph=False), fuse=fuse)
         np.random.seed(1)
         losses = []
         for k in range(3):  # eager, recorded, replayed: the gradients are the replay's
@@ -488,8 +486,6 @@ def test_chain_of_small_ops_fuses_into_few_kernels():
 
 
 def test_replay_peak_memory_is_at_most_eager():
-    import tracemalloc
-
     model, opt, batch, loss_fn = _mlp()
 
     step = _train_step(model, opt, loss_fn, create_graph=False)
@@ -501,54 +497,9 @@ def test_replay_peak_memory_is_at_most_eager():
         step(*args)
         f(*args)
 
-    def peak(fn):
-        gc.collect()
-        tracemalloc.start()  # NumPy reports its buffers to tracemalloc
-        try:
-            fn(*args)
-            return tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-
-    eager, replay = peak(step), peak(f)
+    eager, replay = _traced_peak(step, *args), _traced_peak(f, *args)
     assert f.calls["replayed"] >= 2
     assert 0 < replay <= eager, (replay, eager)
-
-
-@pytest.mark.parametrize("device", ["cuda-over-numpy", "cuda"])
-def test_compiled_training_equals_eager_on_the_cuda_device(device):
-    from needle.backend_ndarray import CUDADevice
-
-    if device == "cuda" and not ndl.cuda().enabled():
-        pytest.skip("needs CuPy and a CUDA GPU")
-    # the CUDA device's code (its kernel overrides) over NumPy runs without a GPU
-    dev = ndl.cuda() if device == "cuda" else CUDADevice(xp=np)
-
-    def run(compiled):
-        np.random.seed(0)
-        model = MLPResNet(12, 16, num_blocks=2, num_classes=5, drop_prob=0.1, device=dev)
-        opt = ndl.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
-        rng = np.random.default_rng(0)
-
-        def step(x, y):
-            opt.reset_grad()
-            loss = nn.SoftmaxLoss()(model(x), y)
-            loss.backward(create_graph=False)
-            opt.step()
-            return loss
-
-        f = ndl.compile(step) if compiled else step
-        np.random.seed(1)
-        out = []
-        for _ in range(8):
-            x = ndl.Tensor(rng.standard_normal((16, 12)).astype(np.float32), device=dev,
-                           requires_grad=False)
-            y = ndl.Tensor(rng.integers(0, 5, 16).astype(np.float32), device=dev,
-                           requires_grad=False)
-            out.append(float(f(x, y).numpy()))
-        return out
-
-    np.testing.assert_allclose(run(True), run(False), rtol=1e-5)
 
 
 _HELD = {}

@@ -3,9 +3,7 @@ the plan allocates once, slots shared by values whose lifetimes do not overlap.
 
 The oracle is the eager run of the same step (and the plan without the pool): the out
 kernels make the same array-module calls with `out=`, so every comparison is to the bit."""
-import gc
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ from needle.backend_ndarray.out_kernels import out_form
 from needle.backend_ndarray.recording import Event, Ref, ValueInfo
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_compile import _buffers, _cnn, _mlp, _train, _train_step  # noqa: E402
+from test_compile import _buffers, _cnn, _mlp, _traced_peak, _train, _train_step  # noqa: E402
 
 
 # ---- the out kernels against the allocating kernels ---------------------------------------
@@ -206,16 +204,6 @@ def test_pooled_peak_is_at_most_the_unpooled_peak(make):
     assert sum(len(s[5]) for s in pooled.pool) > len(pooled.pool)  # some slots are shared
 
 
-def _traced_peak(fn, *args):
-    gc.collect()
-    tracemalloc.start()  # NumPy reports its buffers to tracemalloc
-    try:
-        fn(*args)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 def test_replay_writes_into_the_pool_and_allocates_fewer_intermediates():
     rng = np.random.default_rng(0)
     w_np = rng.standard_normal((256, 256)).astype(np.float32)
@@ -316,6 +304,8 @@ def test_returned_values_and_gradients_stay_valid_after_later_replays():
 
 @pytest.mark.parametrize("device", ["cuda-over-numpy", "cuda"])
 def test_pooled_and_unpooled_plans_agree_on_the_cuda_device(device):
+    """On the CUDA device's code (over NumPy without a GPU): pooled and unpooled plans are
+    bit-equal, and compiled training equals eager."""
     from needle.backend_ndarray import CUDADevice
     from needle.models import MLPResNet
 

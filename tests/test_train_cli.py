@@ -500,23 +500,13 @@ def test_compiled_training_gives_the_same_run(tmp_path):
                                       err_msg=name)
 
 
-def _tiny_corpus(folder):
-    rng = np.random.default_rng(0)
-    words = [f"w{i}" for i in range(23)]
-    folder.mkdir()
-    for name, n in (("train.txt", 60), ("valid.txt", 12)):
-        lines = [" ".join(rng.choice(words, rng.integers(3, 9))) for _ in range(n)]
-        (folder / name).write_text("\n".join(lines) + "\n")
-    return folder
-
-
 @pytest.mark.parametrize("model", ["lstm-lm", "gru-lm", "transformer-lm"])
-def test_compiled_language_model_gives_the_same_run(tmp_path, model):
+def test_compiled_language_model_gives_the_same_run(tmp_path, text_dir, model):
     """`--compile` on a language model: the hidden state goes into the compiled step and
     comes out of it (a separate plan for each epoch's first window, without a state, and for
     the short last window), gradients are clipped on the device, and evaluation replays a
     compiled forward: the same losses and weights as the eager run."""
-    data = _tiny_corpus(tmp_path / "corpus")
+    data = text_dir
     runs = {}
     for flag in ([], ["--compile"]):
         out = tmp_path / ("compiled" if flag else "eager")

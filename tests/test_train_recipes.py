@@ -87,6 +87,15 @@ def test_a_recipe_from_outside_registers_its_flag_and_resumes_with_it(toy_recipe
     assert ckpt.meta["epoch"] == 2 and ckpt.meta["config"]["toy_width"] == 7
 
 
+def _assert_same_numbers(results, weights):
+    """The (accuracy, loss) pairs and final weights of the Trainer run and the course loop."""
+    for (a_acc, a_loss), (b_acc, b_loss) in zip(*results):
+        assert a_acc == b_acc
+        np.testing.assert_allclose(a_loss, b_loss, rtol=1e-5)
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def _course_cifar_epoch(loader, model, opt):
     """The hw4 loop as the course writes it, for reference."""
     model.train() if opt is not None else model.eval()
@@ -129,11 +138,7 @@ def test_hw4_cifar_loop_is_the_trainer_with_the_course_numbers():
             results.append((_course_cifar_epoch(loader, model, opt),
                             _course_cifar_epoch(loader, model, None)))
         weights.append([p.numpy() for p in model.parameters()])
-    for (a_acc, a_loss), (b_acc, b_loss) in zip(*results):
-        assert a_acc == b_acc
-        np.testing.assert_allclose(a_loss, b_loss, rtol=1e-5)
-    for a, b in zip(*weights):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _assert_same_numbers(results, weights)
 
 
 def _course_ptb_epoch(data, model, seq_len, opt, clip):
@@ -177,11 +182,7 @@ def test_hw4_ptb_loop_is_the_trainer_with_the_course_numbers():
             results.append((_course_ptb_epoch(data, model, 7, opt, 0.5),
                             _course_ptb_epoch(data, model, 7, None, None)))
         weights.append([p.numpy() for p in model.parameters()])
-    for (a_acc, a_loss), (b_acc, b_loss) in zip(*results):
-        assert a_acc == b_acc
-        np.testing.assert_allclose(a_loss, b_loss, rtol=1e-5)
-    for a, b in zip(*weights):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    _assert_same_numbers(results, weights)
 
 
 def test_hw4_ptb_loop_rejects_data_without_targets():
