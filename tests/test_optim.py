@@ -296,7 +296,7 @@ def test_adam_flat_step_equals_one_update_per_parameter(cls):
     numbers are bit for bit those of `_update` run per parameter, also across a state dict
     saved and loaded in between (the loaded arrays become the flat state's views)."""
     rng = np.random.default_rng(0)
-    shapes = [(5, 3), (3,), (4, 4, 2), (1,)]
+    shapes = [(5, 3), (3,), (300, 300), (4, 4, 2), (1,)]  # (300, 300): updated on its own
     init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(6)]
 

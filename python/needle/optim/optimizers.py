@@ -26,6 +26,11 @@ from .clipping import clip_grad_norm
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "AdaGrad", "RMSProp", "OPTIMIZERS"]
 
 
+# Parameters below this many elements share one flat update (see Optimizer.step): there a
+# kernel call's fixed cost (~1 us each, a dozen per Adam update) outweighs the packing copies.
+FLAT_MAX_ELEMENTS = 1 << 16
+
+
 def _writable(p: Tensor) -> NDArray:
     """The parameter's NDArray, replaced by an owned compact copy first if it is a view (a
     parameter made from a slice or a broadcast must not write through to another array)."""
@@ -73,12 +78,14 @@ class Optimizer:
     def step(self) -> None:
         """Update every parameter that has a gradient, in place; `p.grad` is left unchanged.
 
-        An optimizer with a `_update_flat` rule (Adam, AdamW) updates the parameters of one
-        device and dtype together: their gradients and weights are packed into one flat array
-        each, the rule runs once over it (its state lives in flat arrays whose views are the
-        per-parameter state), and the weights are written back. The rule is elementwise, so
-        the numbers are those of one update per parameter, with a few kernel calls in all
-        instead of a dozen per parameter."""
+        An optimizer with a `_update_flat` rule (Adam, AdamW) updates its small parameters
+        (under `FLAT_MAX_ELEMENTS`) of one device and dtype together: their gradients and
+        weights are packed into one flat array each, the rule runs once over it (its state
+        lives in flat arrays whose views are the per-parameter state), and the weights are
+        written back. The rule is elementwise, so the numbers are those of one update per
+        parameter, with a few kernel calls in all instead of a dozen per parameter. Large
+        parameters, where a call's overhead is small against its work and packing would add
+        passes over memory, are updated one by one."""
         self.t += 1
         groups: Dict[Any, list] = {}
         for p in self.params:
@@ -94,10 +101,11 @@ class Optimizer:
             state = self.state.get(p)
             if state is None:
                 state = self.state[p] = {}
-            groups.setdefault((w.device, w.dtype), []).append((p, w, g, state))
+            small = w.size < FLAT_MAX_ELEMENTS
+            groups.setdefault((w.device, w.dtype, small), []).append((p, w, g, state))
         flat = getattr(self, "_update_flat", None)
-        for items in groups.values():
-            if flat is not None and len(items) > 1:
+        for (_, _, small), items in groups.items():
+            if flat is not None and small and len(items) > 1:
                 flat(items)
                 continue
             for _, w, g, state in items:
