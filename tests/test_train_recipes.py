@@ -190,3 +190,22 @@ def test_hw4_ptb_loop_rejects_data_without_targets():
 
     with pytest.raises(ValueError, match="no window of targets"):
         epoch_general_ptb(np.zeros((1, 4), np.float32), LanguageModel(4, 5, 4, 1))
+
+
+def test_hw4_ptb_evaluation_reports_each_window():
+    """on_batch during evaluation gets each window's own loss: their token-weighted mean is
+    the epoch's loss."""
+    from needle.models import LanguageModel
+
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 11, (30, 4)).astype(np.float32)
+    ndl.init.manual_seed(5)
+    model = LanguageModel(6, 11, 8, 1, seq_model="lstm")
+    seen = []
+    _, loss = epoch_general_ptb(data, model, seq_len=7,
+                                on_batch=lambda i, n, value: seen.append((i, n, value)))
+    assert [i for i, _, _ in seen] == list(range(5)) and all(n == 5 for _, n, _ in seen)
+    tokens = [min(7, 29 - 7 * i) * 4 for i in range(5)]
+    assert len({v for _, _, v in seen}) > 1
+    np.testing.assert_allclose(np.dot(tokens, [v for _, _, v in seen]) / sum(tokens), loss,
+                               rtol=1e-6)

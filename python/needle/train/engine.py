@@ -279,7 +279,10 @@ class Trainer:
         self.last_samples = n_sum
         return task.metrics(loss_sum, correct_sum, n_sum)
 
-    def evaluate(self, data: Optional[Iterable] = None) -> Dict[str, float]:
+    def evaluate(self, data: Optional[Iterable] = None,
+                 on_batch: Optional[Callable[..., None]] = None) -> Dict[str, float]:
+        """Metrics over `data` (default: eval_data) in eval mode, without a graph;
+        `on_batch(trainer, loss, n, correct)` after every batch, as in training."""
         model, task = self.model, self.task
         model.eval()
         task.start_epoch(False)
@@ -288,9 +291,12 @@ class Trainer:
             step = self._eval_function()
             for batch in (self.eval_data if data is None else data):
                 loss, n, correct = step(batch)
-                loss_sum += float(loss.realize_cached_data().item()) * n
-                correct_sum += _count(correct)
+                value, correct = float(loss.realize_cached_data().item()), _count(correct)
+                loss_sum += value * n
+                correct_sum += correct
                 n_sum += n
+                if on_batch is not None:
+                    on_batch(self, value, n, correct)
         if data is None and self.reduce_eval_sums is not None:  # eval_data is a shard
             loss_sum, correct_sum, n_sum = self.reduce_eval_sums((loss_sum, correct_sum, n_sum))
         self.last_samples = n_sum

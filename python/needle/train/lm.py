@@ -214,17 +214,18 @@ def epoch_general_ptb(data, model, seq_len=40, loss_fn=None, opt=None, clip=None
     trainer = Trainer(model, opt, LanguageModelTask(loss_fn), windows, windows)
     if clip is not None:
         trainer.after_backward.append(lambda t: t.optimizer.clip_grad_norm(clip))
+    report = None
     if on_batch is not None:
         count = iter(range(len(windows)))
-        trainer.on_batch.append(lambda t, loss, n, correct: on_batch(next(count), len(windows),
-                                                                      loss))
-    if opt is not None:
-        metrics = trainer.train_epoch()
+
+        def report(t, loss, n, correct):
+            on_batch(next(count), len(windows), loss)
+    if opt is None:
+        metrics = trainer.evaluate(on_batch=report)
     else:
-        metrics = trainer.evaluate()
-        if on_batch is not None:  # evaluate() has no per-batch callbacks: report the windows
-            for k in range(len(windows)):
-                on_batch(k, len(windows), metrics["loss"])
+        if report is not None:
+            trainer.on_batch.append(report)
+        metrics = trainer.train_epoch()
     return metrics["accuracy"], metrics["loss"]
 
 
