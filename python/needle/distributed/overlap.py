@@ -13,6 +13,7 @@ from ..autograd import Tensor
 from ..graph import LEAF_GRAD_HOOKS
 from . import comm as _comm
 from .comm import broadcast_object
+from .shm import SharedBucket, shared_memory_available, sync_all
 
 __all__ = ["GradientReducer", "OVERLAP_BUCKET_BYTES", "WAIT_MODES"]
 
@@ -41,8 +42,6 @@ def resolve_transport(params: Sequence[Tensor], transport: str) -> str:
         raise ValueError(f"transport must be 'auto', 'mpi' or 'shm', got {transport!r}")
     if transport != "auto":
         return transport
-    from .shm import shared_memory_available  # noqa: PLC0415
-
     if not shared_memory_available():
         return "mpi"
     on_cpu = all(host_resident(p.realize_cached_data().device) for p in params)
@@ -195,8 +194,6 @@ class GradientReducer:
 
     def _share(self) -> None:
         """Move the buckets into shared windows (collective: once, after the final plan)."""
-        from .shm import SharedBucket  # noqa: PLC0415 (only for jobs on one machine)
-
         rank = _comm._state["rank"]
         self._shared = []
         self._rank_chunks, self._results = [], []
@@ -372,8 +369,6 @@ class GradientReducer:
 
     def _reduce_shared(self, scale: float) -> None:
         """This rank's shard of each bucket: the ranks' regions summed in rank order."""
-        from .shm import sync_all  # noqa: PLC0415
-
         t0 = time.perf_counter()
         sync_all(self._shared)  # every rank's gradients are in
         self.has_grad = {}
