@@ -98,10 +98,11 @@ def _newton_run(damping=0.0, steps=8, **kw):
 
 def test_newton_cg_converges_quadratically():
     norms, w, opt = _newton_run(steps=7)
-    # the final point is the minimum: the gradient (checked in torch) vanishes
+    # the final point is the minimum: the gradient (checked in torch) vanishes to float64
+    # rounding of a sum over the samples (1e-12..4e-12 depending on the CPU's BLAS kernels)
     tw = torch.tensor(w.numpy(), requires_grad=True)
     _torch_loss(tw, torch.tensor(X), torch.tensor(Y)).backward()
-    assert np.abs(tw.grad.numpy()).max() < 1e-12
+    assert np.abs(tw.grad.numpy()).max() < 1e-10
     # quadratic: once close, |g_{k+1}| <= C |g_k|^2 with a bounded C, and the number of
     # correct digits roughly doubles per step
     tail = [(a, b) for a, b in zip(norms, norms[1:]) if 1e-13 < b and a < 1e-2]
