@@ -114,31 +114,53 @@ class ConvKernels:
                 dx[:, y0:y0 + (r1 - r0 - 1) * s + 1:s, x0:x0 + (c1 - c0 - 1) * s + 1:s] += \
                     d[:, r0:r1, c0:c1, i, j]
 
-    def conv_weight_grad(self, cols, g2):
-        """cols^T @ g2: the weight gradient (K, C_out) from the im2col matrix (M, K) and the
-        output gradient (M, C_out). A GEMM whose inner dimension M is the number of output
-        pixels is slow in one call (OpenBLAS: 2-3x off its peak); it runs as one batched
-        matmul over blocks of `_GW_BLOCK` rows, summed."""
+    def conv_forward(self, x, w, bias, stride: int, padding: int):
+        """(out, saved): the convolution of NHWC `x` (any strides) with a (kh, kw, C, C_out)
+        weight plus `bias` (C_out,) or None, as a compact NHWC array, and the operand its
+        weight gradient needs (`conv_weight_grad`). Here `saved` is the im2col matrix and
+        the output one matmul with it; a backend with direct kernels saves what those
+        need (cpu_c.py: the padded input)."""
+        kh, kw, cin, cout = w.shape
+        cols = self.conv_im2col(x, kh, kw, stride, padding)
+        out = cols @ w.reshape((kh * kw * cin, cout))
+        if bias is not None:
+            out += bias.reshape((cout,))
+        n, h, wd = x.shape[:3]
+        ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
+        return out.reshape((n, ho, wo, cout)), cols
+
+    def conv_saved(self, x, w, stride: int, padding: int):
+        """The `saved` operand `conv_forward(x, w, ...)` returns, made again (a backward
+        whose forward kept nothing)."""
+        return self.conv_im2col(x, w.shape[0], w.shape[1], stride, padding)
+
+    def conv_weight_grad(self, saved, g, w_shape, stride: int, padding: int):
+        """The weight gradient, of `w_shape` (kh, kw, C, C_out), of `conv_forward` for the
+        NHWC output gradient g, from the forward's `saved` operand: cols^T @ g. A GEMM whose
+        inner dimension is the number of output pixels is slow in one call (OpenBLAS: 2-3x
+        off its peak); it runs as one batched matmul over blocks of `_GW_BLOCK` rows,
+        summed."""
         xp = self.xp
-        a, g = cols._array, g2._array
+        a, g = saved._array, g._array.reshape(-1, w_shape[3])
         m, k = a.shape
         nb = m // _GW_BLOCK
         if nb < 2:
-            return self._wrap(a.T @ g)
+            return self._wrap((a.T @ g).reshape(w_shape))
         cut = nb * _GW_BLOCK
         blocks = a[:cut].reshape(nb, _GW_BLOCK, k).transpose(0, 2, 1)
         out = xp.matmul(blocks, g[:cut].reshape(nb, _GW_BLOCK, -1)).sum(axis=0)
         if cut < m:
             out += a[cut:].T @ g[cut:]
-        return self._wrap(out)
+        return self._wrap(out.reshape(w_shape))
 
     def conv_input_grad(self, g, w, shape, stride: int, padding: int):
         """d(conv)/d(input) for the NHWC output gradient g and weight w (KH, KW, C, C_out),
-        onto an NHWC input of `shape`. Stride 1 (padding < K): one im2col matmul of the
-        padded g with the flipped, transposed kernel; otherwise `g @ w^T` summed back by
-        `conv_col2im`."""
+        onto an NHWC input of `shape`. Either one im2col matmul of the padded g with the
+        flipped, transposed kernel (stride 1, padding < K, C >= C_out), or `g @ w^T` summed
+        back by `conv_col2im`: both do the same arithmetic, and the second writes a matrix
+        of C instead of C_out columns per tap."""
         kh, kw, cin, cout = w.shape
-        if stride == 1 and padding < kh and padding < kw:
+        if stride == 1 and padding < kh and padding < kw and cin >= cout:
             cols, (n, h, wd) = self._im2col(g._array, kh, kw, 1, kh - 1 - padding,
                                             kw - 1 - padding)
             wt = self.xp.ascontiguousarray(w._array[::-1, ::-1].transpose(0, 1, 3, 2))

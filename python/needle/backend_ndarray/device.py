@@ -12,6 +12,7 @@ import numpy as np
 
 from .comm_kernels import CommKernels
 from .conv_kernels import ConvKernels
+from .cpu_c import CKernels
 from .cpu_parallel import ParallelCPUKernels, RowThreads, keep_freed_memory
 from .seq_kernels import SequenceKernels
 
@@ -370,9 +371,9 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         w -= tmp2
 
 
-class CPUDevice(ParallelCPUKernels, Device):
+class CPUDevice(CKernels, ParallelCPUKernels, Device):
     """The CPU backend over NumPy (and the BLAS NumPy links); its large row-wise kernels run
-    on several threads (cpu_parallel.py)."""
+    on several threads (cpu_parallel.py), conv windows and batch norm in C (cpu_c.py)."""
 
     name = "cpu"
     xp = np

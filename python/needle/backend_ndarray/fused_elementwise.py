@@ -25,12 +25,10 @@ import ctypes
 import hashlib
 import math
 import os
-import shutil
-import subprocess
-import tempfile
 
 import numpy as np
 
+from .c_build import build_library, c_compiler
 from .ndarray import NDArray
 
 __all__ = ["FusedElementwise", "FUSIBLE", "C_MIN_ELEMENTS", "c_compiler"]
@@ -246,14 +244,6 @@ def _python_function_into(kernel, xp, ns, names):
 
 
 # ---- generating and compiling C --------------------------------------------------------------
-def c_compiler():
-    """The C compiler to use ($CC, else cc/gcc/clang on PATH), or None."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def c_source(kernel: FusedElementwise) -> str:
     """The C function of a kernel: rows of the output's last axis in row-major order; each
     input is read at its own element strides (a broadcast axis has stride 0), the outer axes
@@ -328,12 +318,6 @@ C_MIN_ELEMENTS = (int(os.environ["NEEDLE_FUSED_C_MIN_ELEMENTS"])
                   if os.environ.get("NEEDLE_FUSED_C_MIN_ELEMENTS", "").isdigit() else None)
 
 
-def _cache_dir():
-    root = os.environ.get("NEEDLE_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "needle")
-    return os.path.join(root, "fused")
-
-
 def _compiled(kernel):
     """The ctypes function of the kernel's C source (compiled once, cached on disk), or None
     when no compiler works."""
@@ -343,27 +327,13 @@ def _compiled(kernel):
     key = hashlib.sha256(src.encode()).hexdigest()[:24]
     if key in _LIBRARIES:
         return _LIBRARIES[key]
-    cc = c_compiler()
+    lib = build_library(src, c_compiler(), "fused")
     fn = None
-    if cc is not None:
-        try:
-            folder = _cache_dir()
-            os.makedirs(folder, exist_ok=True)
-            lib = os.path.join(folder, f"{key}.so")
-            if not os.path.exists(lib):
-                with tempfile.TemporaryDirectory() as tmp:
-                    c_file, so_tmp = os.path.join(tmp, "k.c"), os.path.join(tmp, "k.so")
-                    with open(c_file, "w") as f:
-                        f.write(src)
-                    subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", so_tmp, c_file,
-                                    "-lm"], check=True, capture_output=True, timeout=60)
-                    os.replace(so_tmp, lib)  # atomic: a concurrent build sees all or nothing
-            fn = ctypes.CDLL(lib).fused
-            fn.restype = None
-            n = kernel.n_inputs
-            fn.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
-                           + [ctypes.c_void_p, ctypes.c_void_p] * n + [ctypes.c_void_p])
-        except (OSError, subprocess.SubprocessError):
-            fn = None
+    if lib is not None:
+        fn = lib.fused
+        fn.restype = None
+        n = kernel.n_inputs
+        fn.argtypes = ([ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+                       + [ctypes.c_void_p, ctypes.c_void_p] * n + [ctypes.c_void_p])
     _LIBRARIES[key] = fn
     return fn

@@ -3,10 +3,11 @@
 `conv(a, b, stride, padding)`: `a` NHWC, `b` (KH, KW, C_in, C_out). `conv_nchw(x, w, bias,
 stride, padding)` is the same op on NCHW input and output (what `nn.Conv` calls) with the bias
 added in place: its output is an NCHW view of NHWC memory, so a net of them never copies
-between layouts. Both are one fused op, `Conv`: the forward builds the im2col matrix of the
-padded input (`Device.conv_im2col`) and multiplies it with the weight once; the fast backward
-reuses that matrix for the weight gradient (`cols^T @ g`) and sums `g @ w^T` back onto the
-input (`Device.conv_col2im`); the composed gradient (a conv of the dilated, padded output
+between layouts. Both are one fused op, `Conv`: the forward is `Device.conv_forward`, which
+returns the output and the operand its weight gradient needs (the im2col matrix for NumPy's
+im2col + matmul kernels, the padded input for the CPU's direct C kernels, cpu_c.py); the fast
+backward hands that to `Device.conv_weight_grad` and computes the input gradient with
+`Device.conv_input_grad`; the composed gradient (a conv of the dilated, padded output
 gradient with the flipped weight, and a conv of the input with the dilated output gradient) is
 what second derivatives differentiate.
 
@@ -79,8 +80,8 @@ class Conv(FusedOp):
     """2-D cross-correlation (as torch conv2d) of `a` with a (KH, KW, C_in, C_out) weight `b`,
     plus an optional bias (C_out elements). `a` and the output are NHWC, or NCHW when `nchw`.
 
-    The forward keeps its im2col matrix for the backward (it is the weight gradient's left
-    factor); the backward recomputes it when missing, so a graph can be backpropagated twice.
+    The forward keeps the device's saved operand (im2col matrix or padded input) for the
+    weight gradient; the backward recomputes it when missing, so a graph can be backpropagated twice.
     """
 
     __slots__ = ("stride", "padding", "nchw", "save_cols", "_saved")
@@ -103,34 +104,32 @@ class Conv(FusedOp):
         _check_conv(x, b, bias, self.stride, self.padding, self.nchw)
         if x.dtype != b.dtype:  # promote as the elementwise ops do (float64 x, float32 w)
             x, b = promote_pair(x, b)
-        kh, kw, cin, cout = b.shape
-        cols = a.device.conv_im2col(x, kh, kw, self.stride, self.padding)
-        pointwise = kh == kw == 1 and self.stride == 1 and self.padding == 0
-        keep = self.save_cols and not pointwise and is_grad_enabled()  # 1x1: cols is x
-        self._saved = (a, cols) if keep else None
-        out = cols @ b.reshape((kh * kw * cin, cout))
-        if bias is not None:
-            out += bias.reshape((cout,))
-        n, h, w = x.shape[:3]
-        s, p = self.stride, self.padding
-        out = out.reshape((n, (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1, cout))
+        out, saved = a.device.conv_forward(x, b, bias, self.stride, self.padding)
+        # a 1x1 stride-1 conv's saved operand is its input: the graph holds that already
+        pointwise = b.shape[0] == b.shape[1] == 1 and self.stride == 1 and self.padding == 0
+        keep = self.save_cols and not pointwise and is_grad_enabled()
+        self._saved = (a, saved) if keep else None
         return out.permute(_TO_NCHW) if self.nchw else out
 
-    def _cols(self, a: NDArray, b: NDArray) -> NDArray:
+    def _forward_state(self, a: NDArray, b: NDArray) -> NDArray:
+        """What the weight gradient needs from the forward (the device's `saved` operand:
+        the im2col matrix, or the padded input), kept or made again."""
         saved = self._saved
         if saved is not None and saved[0] is a:
             return saved[1]
         x = a.permute(_TO_NHWC) if self.nchw else a
-        return a.device.conv_im2col(x, b.shape[0], b.shape[1], self.stride, self.padding)
+        if x.dtype != b.dtype:
+            x, b = promote_pair(x, b)
+        return a.device.conv_saved(x, b, self.stride, self.padding)
 
     def backward_arrays(self, g, inputs, needs):
         a, b = inputs[0], inputs[1]
         kh, kw, cin, cout = b.shape
         gh = g.permute(_TO_NHWC) if self.nchw else g
-        g2 = gh.reshape((-1, cout))  # (N*Ho*Wo, C_out); a view when g is NHWC in memory
         gw = gx = gb = None
         if needs[1]:
-            gw = a.device.conv_weight_grad(self._cols(a, b), g2).reshape(b.shape)
+            gw = a.device.conv_weight_grad(self._forward_state(a, b), gh, b.shape,
+                                           self.stride, self.padding)
         if needs[0]:
             shape = a.permute(_TO_NHWC).shape if self.nchw else a.shape
             gx = a.device.conv_input_grad(gh, b, shape, self.stride, self.padding)
@@ -139,6 +138,7 @@ class Conv(FusedOp):
         if len(inputs) == 2:
             return gx, gw
         if needs[2]:
+            g2 = gh.reshape((-1, cout))  # (N*Ho*Wo, C_out); a view when g is NHWC in memory
             ones = g.device.ones((1, g2.shape[0]), dtype=g2.dtype)
             gb = (ones @ g2).reshape(inputs[2].shape)
         return gx, gw, gb
