@@ -159,7 +159,9 @@ def test_bad_worker_settings(bad):
 
 
 _SCRIPT = """
-import sys, time
+import signal, sys, time
+# a parent started in the background may hand down SIGINT ignored; a terminal's Ctrl-C does not
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {python!r})
 import numpy as np, needle.data as nd
 

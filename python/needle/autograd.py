@@ -8,6 +8,7 @@ path our trainer uses: the same gradient ops run, but record no graph.
 """
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Optional, Tuple, Union
 
@@ -90,7 +91,6 @@ class TensorTupleOp(Op):
 
 
 _ARRAY_VALUES = (NDArray, tuple)
-
 
 
 class Value:
@@ -478,11 +478,73 @@ def compute_gradient_of_variables(output_tensor: Value, out_grad: Value,
     With `create_graph=False` only leaves get `.grad` (constants), computed on NDArrays.
     """
     if create_graph and _MODE.grad_enabled:
-        reverse_pass(output_tensor, out_grad, create_graph, assign=True)
+        reverse_pass(output_tensor, out_grad, create_graph, assign=True,
+                     rule_nodes=_weak_copies)
         return
     grads = reverse_pass_fast(output_tensor, out_grad.realize_cached_data())
     for node, g in grads.items():
         node.grad = Tensor.make_const(g)
+
+
+class _WeakLeaf(TensorOp):
+    """Identity: the op of a `_LeafAlias`."""
+    __slots__ = ()
+    array_rule = True
+
+    def compute(self, a):
+        return a
+
+    def gradient(self, out_grad, node):
+        return out_grad
+
+
+_WEAK_LEAF = _WeakLeaf()
+
+
+class _LeafAlias(Tensor):
+    """A leaf as a gradient graph kept on `.grad` holds it (`_weak_copies`): its value, and
+    the leaf as its one input through a weak reference: the identity on x while x lives (so
+    `x.grad.backward()` reaches x), a constant once x is gone."""
+
+    __slots__ = ("_leaf",)
+
+    @property
+    def inputs(self):
+        leaf = self._leaf()
+        return () if leaf is None else (leaf,)
+
+
+def _weak_copies(order) -> dict:
+    """{node: the node its gradient rule sees} for a graph backward's nodes (`order`, inputs
+    first): leaves become `_LeafAlias`es, op nodes copies (same op and value) over copies.
+
+    `x.grad` keeps the gradient graph, which holds the nodes its rules saw; had they been the
+    forward nodes, which hold x, each backward would leave a reference cycle that only the
+    garbage collector frees (an input batch with the course's default requires_grad=True kept
+    every step's activations alive until a collection). The copies hold leaves weakly."""
+    global TENSOR_COUNTER
+    seen = {}
+    for node in order:
+        op = node.op
+        if type(node) is _LeafAlias:  # from an earlier backward: already weak
+            seen[node] = node
+            continue
+        if op is None:
+            if type(node) is TensorTuple:
+                continue  # a tuple leaf (rare) keeps its strong reference
+            copy = object.__new__(_LeafAlias)
+            copy.op = _WEAK_LEAF
+            copy._leaf = weakref.ref(node)
+        else:
+            copy = object.__new__(type(node))
+            copy.op = op
+            copy.inputs = tuple([seen.get(x, x) for x in node.inputs])
+        copy.cached_data = node.cached_data
+        copy.requires_grad = True
+        copy.grad = None
+        TENSOR_COUNTER += 1
+        seen[node] = copy
+    return seen
 
 
 def gradients(output: Value, inputs, out_grad: Optional[Value] = None,

@@ -109,9 +109,12 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
     return leaves
 
 
-def reverse_pass(output, out_grad, create_graph, assign, stop=None):
+def reverse_pass(output, out_grad, create_graph, assign, stop=None, rule_nodes=None):
     """Reverse pass building Tensors; returns {node: gradient}. `output` and `out_grad` may be
-    sequences (several outputs seeded at once); the walk does not go past nodes in `stop`."""
+    sequences (several outputs seeded at once); the walk does not go past nodes in `stop`.
+    `rule_nodes(order)`, when given and the gradients are graphs, maps the nodes of the walk
+    (inputs first) to the nodes their rules see instead (autograd: copies that hold the leaves
+    weakly); partials still go to each node's own inputs."""
     saved = _MODE.grad_enabled
     _MODE.grad_enabled = create_graph and saved
     try:
@@ -123,7 +126,9 @@ def reverse_pass(output, out_grad, create_graph, assign, stop=None):
         else:
             grads = {output: out_grad}
             roots = [output]
-        for node in reversed(find_topo_sort(roots, only_requiring_grad=True, stop=stop)):
+        order = find_topo_sort(roots, only_requiring_grad=True, stop=stop)
+        seen = rule_nodes(order) if rule_nodes is not None and _MODE.grad_enabled else None
+        for node in reversed(order):
             grad = grads.get(node) if not assign else grads.pop(node, None)
             if grad is None:
                 continue
@@ -136,7 +141,7 @@ def reverse_pass(output, out_grad, create_graph, assign, stop=None):
                              else type(grad).make_const(grad.realize_cached_data()))
             if op is None or (stop is not None and node in stop):
                 continue
-            partials = op.gradient_as_tuple(grad, node)
+            partials = op.gradient_as_tuple(grad, node if seen is None else seen[node])
             for inp, partial in zip(node.inputs, partials):
                 if partial is None or not inp.requires_grad:
                     continue
