@@ -90,3 +90,100 @@ def test_batch_norm_c_matches_torch():
     # the course's running variance averages the biased batch variance (torch: unbiased)
     np.testing.assert_allclose(bn.running_var.numpy(), 0.9 + 0.1 * x.var(axis=(0, 2, 3)),
                                rtol=1e-5)
+
+
+def test_batch_norm_statistics_stay_accurate_far_from_zero():
+    """One pass of float64 sums, shifted by the first row: a mean 1e4 times the spread
+    still gives the variance to float32 rounding (an unshifted E[x^2] - E[x]^2 would not)."""
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((4096, 16)) * 0.01 + 100.0).astype(np.float32)
+    dev = ndl.cpu()
+    y, mean, rstd, var = dev._batch_norm_fwd(x, None, None, 1e-5, (0,))
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(var, x.astype(np.float64).var(axis=0), rtol=1e-4)
+
+
+def test_pool_runs_every_block_and_serves_a_second_thread():
+    """The C pool's blocks cover the range; a job asked for while another thread's runs is
+    done alone on the asking thread (and still done)."""
+    import threading
+
+    lib = cpu_c.library()
+    assert lib.pool_noop(1000, 2) in (1, 2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(1 << 18).astype(np.float32)
+    results = []
+
+    def work():
+        for _ in range(50):
+            results.append(np.array_equal(ndl.cpu().relu(ndl.NDArray(x)).numpy(),
+                                          np.maximum(x, 0)))
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 150 and all(results)
+
+
+def test_pool_works_in_a_forked_child():
+    """A forked child has no pool workers; its first parallel kernel starts new ones."""
+    import os
+
+    x = np.arange(1 << 18, dtype=np.float32) - 1000.0
+    ndl.cpu().relu(ndl.NDArray(x))  # the parent's workers exist now
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        ok = np.array_equal(ndl.cpu().relu(ndl.NDArray(x)).numpy(), np.maximum(x, 0))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("layout", ["c", "t", "sliced"])
+def test_relu_and_its_gradient_equal_numpy(layout):
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((64, 9, 9, 16)).astype(np.float32)
+    base[0, 0, 0, :4] = [np.nan, -0.0, np.inf, -np.inf]
+    if layout == "c":
+        x = base
+    elif layout == "t":  # an NCHW view of NHWC memory, as a conv's output
+        x = base.transpose(0, 3, 1, 2)
+    else:  # not dense: the NumPy kernel
+        x = base[:, ::2]
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    dev = ndl.cpu()
+    y = dev.relu(ndl.NDArray(x) if layout != "t" else
+                 ndl.NDArray(base).permute((0, 3, 1, 2)))
+    np.testing.assert_array_equal(y.numpy(), np.maximum(x, 0))
+    gy = ndl.NDArray(g)
+    dx = dev.relu_grad(gy, y).numpy()
+    np.testing.assert_array_equal(dx, np.where(np.maximum(x, 0) > 0, g, 0))
+    out = dev.empty(x.shape)  # the out= form the compiler's memory plan uses
+    assert dev.relu_grad(gy, y, out=out) is out
+    np.testing.assert_array_equal(out.numpy(), dx)
+
+
+@pytest.mark.parametrize("a_shape,b_shape,ta,tb", [
+    ((300, 200), (200, 150), False, False), ((300, 200), (200, 150), True, False),
+    ((300, 200), (200, 150), False, True), ((3, 40, 20), (20, 30), False, False),
+    ((4, 5, 7, 3), (4, 5, 3, 6), False, False), ((4, 5, 7, 3), (4, 5, 3, 6), True, True),
+    ((1, 64), (64, 2000), False, False), ((2000, 64), (64, 1), False, False)])
+def test_matrix_products_equal_numpy(a_shape, b_shape, ta, tb):
+    """Needle's threaded products (NumPy's BLAS sgemm, one call per block of rows or columns)
+    for row- and column-major operands, batches and matrices times a batch."""
+    rng = np.random.default_rng(7)
+
+    def make(shape, transposed):
+        a = rng.standard_normal(shape).astype(np.float32)
+        if transposed:  # the same values through a view with the last two axes swapped
+            return np.swapaxes(np.ascontiguousarray(np.swapaxes(a, -1, -2)), -1, -2)
+        return a
+
+    a, b = make(a_shape, ta), make(b_shape, tb)
+    got = (ndl.NDArray(a) @ ndl.NDArray(b)).numpy()
+    np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-5, atol=1e-4)
+    out = np.empty(got.shape, np.float32)
+    assert ndl.cpu()._mm(a, b, out=out) is out
+    np.testing.assert_array_equal(out, got)

@@ -1,15 +1,15 @@
-"""C kernels of the CPU device for the loops NumPy runs badly: conv windows and batch norm.
+"""CPUDevice's C kernels: cpu_kernels.c through ctypes, each with the NumPy kernel as fallback.
 
-im2col copies windows of C channels at a time (64-128 bytes for the usual widths), and batch
-norm over channels-last memory reduces and scales rows of C values: NumPy runs each as a
-strided loop of C elements with per-row overhead, at well under a tenth of memory bandwidth.
-The same loops in C, compiled once with `-O3 -march=native` (c_build.py), run near it. Each
-kernel takes a range of images or rows, so `RowThreads` splits a call over the device's
-threads (ctypes releases the GIL for the call).
+cpu_kernels.c holds a small fork-join thread pool and the loops NumPy runs badly or on one core
+only: direct NHWC convolution (forward, weight and input gradients), im2col/col2im, zero
+padding, batch norm over channels-last rows and ReLU. It is compiled once with `-O3
+-march=native` (c_build.py) and cached; ctypes releases the GIL for each call, and each call
+splits its work over the pool's threads itself (a few microseconds, against ~80 for a Python
+thread pool hand-off on a 2-core VM).
 
-Only float32 C-contiguous operands take these kernels; anything else, and every call when no
-C compiler works (or NEEDLE_CPU_C=0), runs the NumPy kernels of the base classes. The
-statistics are accumulated in float64 per channel: at least as accurate as NumPy's float32
+Only float32 operands in the layouts the kernels expect take them; anything else, and every
+call when no C compiler works (or NEEDLE_CPU_C=0), runs the NumPy kernels of the base classes.
+Statistics are accumulated in float64 per channel: at least as accurate as NumPy's float32
 sums. im2col and col2im give NumPy's numbers exactly (copies, and the same additions in the
 same order per element).
 """
@@ -22,292 +22,38 @@ import numpy as np
 
 from .c_build import build_library, c_compiler
 
-_SOURCE = r"""
-#include <string.h>
-typedef long long ll;
-
-/* cols[n, ho, wo, i, j, :] = x[n, ho*s + i - p, wo*s + j - p, :], zero outside; n in [n0, n1).
-   x is (N, H, W, C), cols (N, HO, WO, KH, KW, C), both C-contiguous. */
-void im2col(const float *x, float *cols, ll n0, ll n1, ll H, ll W, ll C, ll KH, ll KW,
-            ll S, ll P, ll HO, ll WO) {
-  const ll run = KW * C;
-  for (ll n = n0; n < n1; ++n) {
-    const float *xn = x + n * H * W * C;
-    float *dst = cols + n * HO * WO * KH * run;
-    for (ll ho = 0; ho < HO; ++ho) {
-      for (ll wo = 0; wo < WO; ++wo) {
-        const ll x0 = wo * S - P;
-        for (ll i = 0; i < KH; ++i, dst += run) {
-          const ll y = ho * S + i - P;
-          if (y < 0 || y >= H) { memset(dst, 0, run * sizeof(float)); continue; }
-          const float *row = xn + y * W * C;
-          if (x0 >= 0 && x0 + KW <= W) { memcpy(dst, row + x0 * C, run * sizeof(float)); continue; }
-          for (ll j = 0; j < KW; ++j) {
-            const ll xx = x0 + j;
-            if (xx < 0 || xx >= W) memset(dst + j * C, 0, C * sizeof(float));
-            else memcpy(dst + j * C, row + xx * C, C * sizeof(float));
-          }
-        }
-      }
-    }
-  }
-}
-
-/* dx[n] = sum over windows of d[n] (the adjoint of im2col); n in [n0, n1). d is read in
-   memory order, each window added onto dx in turn. */
-void col2im(const float *d, float *dx, ll n0, ll n1, ll H, ll W, ll C, ll KH, ll KW,
-            ll S, ll P, ll HO, ll WO) {
-  for (ll n = n0; n < n1; ++n) {
-    float *dxn = dx + n * H * W * C;
-    const float *g = d + n * HO * WO * KH * KW * C;
-    memset(dxn, 0, H * W * C * sizeof(float));
-    for (ll ho = 0; ho < HO; ++ho)
-      for (ll wo = 0; wo < WO; ++wo)
-        for (ll i = 0; i < KH; ++i) {
-          const ll y = ho * S + i - P;
-          for (ll j = 0; j < KW; ++j, g += C) {
-            const ll xx = wo * S + j - P;
-            if (y < 0 || y >= H || xx < 0 || xx >= W) continue;
-            float *o = dxn + (y * W + xx) * C;
-            for (ll c = 0; c < C; ++c) o[c] += g[c];
-          }
-        }
-  }
-}
-
-/* Batch norm over the rows [r0, r1) of x (rows, C), channels last. */
-void bn_sum(const float *x, ll r0, ll r1, ll C, double *sum) {
-  for (ll c = 0; c < C; ++c) sum[c] = 0.0;
-  for (ll r = r0; r < r1; ++r) {
-    const float *xr = x + r * C;
-    for (ll c = 0; c < C; ++c) sum[c] += xr[c];
-  }
-}
-
-void bn_sqdev(const float *x, ll r0, ll r1, ll C, const float *mean, double *sq) {
-  for (ll c = 0; c < C; ++c) sq[c] = 0.0;
-  for (ll r = r0; r < r1; ++r) {
-    const float *xr = x + r * C;
-    for (ll c = 0; c < C; ++c) { const float t = xr[c] - mean[c]; sq[c] += (double)t * t; }
-  }
-}
-
-/* y = (x - mean) * scale + shift */
-void bn_apply(const float *x, float *y, ll r0, ll r1, ll C, const float *mean,
-              const float *scale, const float *shift) {
-  for (ll r = r0; r < r1; ++r) {
-    const float *xr = x + r * C;
-    float *yr = y + r * C;
-    for (ll c = 0; c < C; ++c) yr[c] = (xr[c] - mean[c]) * scale[c] + shift[c];
-  }
-}
-
-/* db = sum dy, dw = sum dy * (x - mean) * rstd over the rows */
-void bn_bwd_sums(const float *dy, const float *x, ll r0, ll r1, ll C, const float *mean,
-                 const float *rstd, double *db, double *dw) {
-  for (ll c = 0; c < C; ++c) { db[c] = 0.0; dw[c] = 0.0; }
-  for (ll r = r0; r < r1; ++r) {
-    const float *g = dy + r * C, *xr = x + r * C;
-    for (ll c = 0; c < C; ++c) {
-      db[c] += g[c];
-      dw[c] += (double)g[c] * ((xr[c] - mean[c]) * rstd[c]);
-    }
-  }
-}
-
-/* dx = scale * (dy - mdb - xh * mdw), xh = (x - mean) * rstd, mdb = db / N, mdw = dw / N */
-void bn_bwd_dx(const float *dy, const float *x, float *dx, ll r0, ll r1, ll C,
-               const float *mean, const float *rstd, const float *scale, const float *mdb,
-               const float *mdw) {
-  for (ll r = r0; r < r1; ++r) {
-    const float *g = dy + r * C, *xr = x + r * C;
-    float *o = dx + r * C;
-    for (ll c = 0; c < C; ++c) {
-      const float xh = (xr[c] - mean[c]) * rstd[c];
-      o[c] = scale[c] * (g[c] - mdb[c] - xh * mdw[c]);
-    }
-  }
-}
-
-/* ---- direct convolution, NHWC, vectorized over 16 output channels (GCC/clang vectors) ---- */
-/* 16 floats: one AVX-512 register, two AVX2 ones; unaligned loads and stores via memcpy */
-typedef float v16 __attribute__((vector_size(64)));
-static inline v16 ld(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
-static inline void st(float *p, v16 v) { memcpy(p, &v, sizeof v); }
-#define AI static inline __attribute__((always_inline))
-
-/* PB (<= 8) output pixels x NV (<= 2) * 16 output channels, accumulated over every tap and input channel */
-AI void fwd_block(const int pb, const int nv, const float *const *xb, const float *w,
-                  const float *bias, float *const *ob, ll CI, ll KH, ll KW, ll WP, ll CO,
-                  ll co) {
-  v16 acc[8][2];
-  for (int p = 0; p < pb; ++p)
-    for (int v = 0; v < nv; ++v) acc[p][v] = bias ? ld(bias + co + 16 * v) : (v16){0};
-  for (ll i = 0; i < KH; ++i)
-    for (ll j = 0; j < KW; ++j) {
-      const ll xoff = (i * WP + j) * CI;
-      const float *wt = w + (i * KW + j) * CI * CO + co;
-      for (ll ci = 0; ci < CI; ++ci) {
-        const v16 w0 = ld(wt + ci * CO);
-        const v16 w1 = nv > 1 ? ld(wt + ci * CO + 16) : (v16){0};
-        for (int p = 0; p < pb; ++p) {
-          const float xv = xb[p][xoff + ci];
-          acc[p][0] += xv * w0;
-          if (nv > 1) acc[p][1] += xv * w1;
-        }
-      }
-    }
-  for (int p = 0; p < pb; ++p)
-    for (int v = 0; v < nv; ++v) st(ob[p] + co + 16 * v, acc[p][v]);
-}
-
-/* out (N, HO, WO, CO) = the correlation of the padded xp (N, HP, WP, CI) with
-   w (KH, KW, CI, CO), plus bias (CO,) or NULL; images n in [n0, n1); CO % 16 == 0 */
-void conv_fwd(const float *xp, const float *w, const float *bias, float *out, ll n0, ll n1,
-              ll HP, ll WP, ll CI, ll KH, ll KW, ll CO, ll S, ll HO, ll WO) {
-  const ll per = HO * WO, total = (n1 - n0) * per;
-  for (ll q0 = 0; q0 < total; q0 += 8) {
-    const int pb = total - q0 < 8 ? (int)(total - q0) : 8;
-    const float *xb[8];
-    float *ob[8];
-    for (int p = 0; p < pb; ++p) {
-      const ll q = q0 + p, n = n0 + q / per, r = q % per, ho = r / WO, wo = r % WO;
-      xb[p] = xp + ((n * HP + ho * S) * WP + wo * S) * CI;
-      ob[p] = out + (n0 * per + q) * CO;
-    }
-    ll co = 0;
-    if (pb == 8) {
-      for (; co + 32 <= CO; co += 32) fwd_block(8, 2, xb, w, bias, ob, CI, KH, KW, WP, CO, co);
-      for (; co < CO; co += 16) fwd_block(8, 1, xb, w, bias, ob, CI, KH, KW, WP, CO, co);
-    } else {
-      for (int p = 0; p < pb; ++p)
-        for (ll c = 0; c < CO; c += 16) fwd_block(1, 1, xb + p, w, bias, ob + p, CI, KH, KW, WP, CO, c);
-    }
-  }
-}
-
-/* dst[c, :] += sum over the output pixels of image n of xp[window + xoff + ci + c] * g[pixel]
-   for c < cb: CB input channels x NV*16 output channels of one tap's weight gradient */
-AI void wgt_block(const int cb, const int nv, const float *xp, const float *g, ll n, ll HP,
-                  ll WP, ll CI, ll CO, ll S, ll HO, ll WO, ll xoff, ll ci, ll co, float *dst) {
-  v16 acc[8][2];
-  for (int c = 0; c < cb; ++c)
-    for (int v = 0; v < nv; ++v) acc[c][v] = ld(dst + c * CO + 16 * v);
-  for (ll ho = 0; ho < HO; ++ho) {
-    const float *xr = xp + ((n * HP + ho * S) * WP) * CI + xoff + ci;
-    const float *gr = g + ((n * HO + ho) * WO) * CO + co;
-    for (ll wo = 0; wo < WO; ++wo) {
-      const float *xq = xr + wo * S * CI;
-      const v16 g0 = ld(gr + wo * CO);
-      const v16 g1 = nv > 1 ? ld(gr + wo * CO + 16) : (v16){0};
-      for (int c = 0; c < cb; ++c) {
-        acc[c][0] += xq[c] * g0;
-        if (nv > 1) acc[c][1] += xq[c] * g1;
-      }
-    }
-  }
-  for (int c = 0; c < cb; ++c)
-    for (int v = 0; v < nv; ++v) st(dst + c * CO + 16 * v, acc[c][v]);
-}
-
-/* dw (KH, KW, CI, CO) = the weight gradient of conv_fwd over images [n0, n1): the sum over
-   output pixels of each tap's input window times g (N, HO, WO, CO); overwrites dw. One image
-   at a time, so its input and output gradient stay in cache across the taps. CO % 16 == 0 */
-void conv_wgrad(const float *xp, const float *g, float *dw, ll n0, ll n1, ll HP, ll WP, ll CI,
-                ll KH, ll KW, ll CO, ll S, ll HO, ll WO) {
-  memset(dw, 0, KH * KW * CI * CO * sizeof(float));
-  for (ll n = n0; n < n1; ++n)
-    for (ll i = 0; i < KH; ++i)
-      for (ll j = 0; j < KW; ++j) {
-        const ll xoff = (i * WP + j) * CI;
-        float *dt = dw + (i * KW + j) * CI * CO;
-        for (ll co = 0; co < CO;) {
-          const int nv = CO - co >= 32 ? 2 : 1;
-          ll ci = 0;
-          for (; ci + 8 <= CI; ci += 8) {
-            float *dst = dt + ci * CO + co;
-            if (nv == 2) wgt_block(8, 2, xp, g, n, HP, WP, CI, CO, S, HO, WO, xoff, ci, co, dst);
-            else wgt_block(8, 1, xp, g, n, HP, WP, CI, CO, S, HO, WO, xoff, ci, co, dst);
-          }
-          for (; ci < CI; ++ci) {
-            float *dst = dt + ci * CO + co;
-            if (nv == 2) wgt_block(1, 2, xp, g, n, HP, WP, CI, CO, S, HO, WO, xoff, ci, co, dst);
-            else wgt_block(1, 1, xp, g, n, HP, WP, CI, CO, S, HO, WO, xoff, ci, co, dst);
-          }
-          co += 16 * nv;
-        }
-      }
-}
-
-/* For PB output pixels: each tap's window of dxp += wt[tap] (CO, CI) applied to the pixel's
-   g row, for NV*16 input channels from ci */
-AI void dgrad_block(const int pb, const int nv, const float *const *gb, const float *wt,
-                    float *const *db, ll CI, ll CO, ll KH, ll KW, ll WP, ll ci) {
-  for (ll i = 0; i < KH; ++i)
-    for (ll j = 0; j < KW; ++j) {
-      v16 acc[8][2];
-      for (int p = 0; p < pb; ++p) for (int v = 0; v < nv; ++v) acc[p][v] = (v16){0};
-      const float *wp = wt + (i * KW + j) * CO * CI + ci;
-      for (ll co = 0; co < CO; ++co) {
-        const v16 w0 = ld(wp + co * CI);
-        const v16 w1 = nv > 1 ? ld(wp + co * CI + 16) : (v16){0};
-        for (int p = 0; p < pb; ++p) {
-          const float gv = gb[p][co];
-          acc[p][0] += gv * w0;
-          if (nv > 1) acc[p][1] += gv * w1;
-        }
-      }
-      const ll off = (i * WP + j) * CI + ci;
-      for (int p = 0; p < pb; ++p)
-        for (int v = 0; v < nv; ++v) {
-          float *d = db[p] + off + 16 * v;
-          st(d, ld(d) + acc[p][v]);
-        }
-    }
-}
-
-/* dxp (N, HP, WP, CI), zeroed here for images [n0, n1), = the adjoint of conv_fwd applied to
-   g (N, HO, WO, CO) with wt (KH, KW, CO, CI) (the weight, its last two axes swapped);
-   CI % 16 == 0 */
-void conv_dgrad(const float *g, const float *wt, float *dxp, ll n0, ll n1, ll HP, ll WP,
-                ll CI, ll KH, ll KW, ll CO, ll S, ll HO, ll WO) {
-  memset(dxp + n0 * HP * WP * CI, 0, (n1 - n0) * HP * WP * CI * sizeof(float));
-  const ll per = HO * WO, total = (n1 - n0) * per;
-  for (ll q0 = 0; q0 < total; q0 += 8) {
-    const int pb = total - q0 < 8 ? (int)(total - q0) : 8;
-    const float *gb[8];
-    float *db[8];
-    for (int p = 0; p < pb; ++p) {
-      const ll q = q0 + p, n = n0 + q / per, r = q % per, ho = r / WO, wo = r % WO;
-      gb[p] = g + (n0 * per + q) * CO;
-      db[p] = dxp + ((n * HP + ho * S) * WP + wo * S) * CI;
-    }
-    ll ci = 0;
-    if (pb == 8) {
-      for (; ci + 32 <= CI; ci += 32) dgrad_block(8, 2, gb, wt, db, CI, CO, KH, KW, WP, ci);
-      for (; ci < CI; ci += 16) dgrad_block(8, 1, gb, wt, db, CI, CO, KH, KW, WP, ci);
-    } else {
-      for (int p = 0; p < pb; ++p)
-        for (ll c = 0; c < CI; c += 16) dgrad_block(1, 1, gb + p, wt, db + p, CI, CO, KH, KW, WP, c);
-    }
-  }
-}
-"""
-
-_LL, _P = ctypes.c_longlong, ctypes.c_void_p
+_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
+_LL, _P, _I = ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int
 _SIGNATURES = {
-    "im2col": [_P, _P] + [_LL] * 11,
-    "col2im": [_P, _P] + [_LL] * 11,
-    "conv_fwd": [_P, _P, _P, _P] + [_LL] * 11,
-    "conv_wgrad": [_P, _P, _P] + [_LL] * 11,
-    "conv_dgrad": [_P, _P, _P] + [_LL] * 11,
-    "bn_sum": [_P, _LL, _LL, _LL, _P],
-    "bn_sqdev": [_P, _LL, _LL, _LL, _P, _P],
-    "bn_apply": [_P, _P, _LL, _LL, _LL, _P, _P, _P],
-    "bn_bwd_sums": [_P, _P, _LL, _LL, _LL, _P, _P, _P, _P],
-    "bn_bwd_dx": [_P, _P, _P, _LL, _LL, _LL, _P, _P, _P, _P, _P],
+    "pool_configure": ([_I, _I], None),
+    "pool_noop": ([_LL, _I], _I),
+    "blas_configure": ([_P, _I], None),
+    "gemm": ([_I, _I] + [_LL] * 4 + [_P, _LL, _LL, _P, _LL, _LL, ctypes.c_float, _P, _LL, _LL,
+                                       _I], _I),
+    "relu": ([_P, _P, _LL, _I], None),
+    "relu_grad": ([_P, _P, _P, _LL, _I], None),
+    "pad_nhwc": ([_P, _P] + [_LL] * 5 + [_I], None),
+    "im2col": ([_P, _P] + [_LL] * 10 + [_I], None),
+    "col2im": ([_P, _P] + [_LL] * 10 + [_I], None),
+    "conv_fwd": ([_P, _P, _P, _P] + [_LL] * 10 + [_I], None),
+    "conv_wgrad": ([_P, _P, _P, _P] + [_LL] * 10 + [_I], None),
+    "conv_dgrad": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
+    "conv_dgrad_small": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
+    "bn_stats": ([_P, _LL, _LL, _P, _P, _I], _I),
+    "bn_apply": ([_P, _P, _LL, _LL, _P, _P, _P, _I], None),
+    "bn_bwd_sums": ([_P, _P, _LL, _LL, _P, _P, _P, _P, _I], _I),
+    "bn_bwd_dx": ([_P, _P, _P, _LL, _LL, _P, _P, _P, _P, _P, _I], None),
 }
+# Below this many elements (or multiply-adds / 16) a kernel runs on the calling thread alone.
+_MIN_PARALLEL = 1 << 15
+# Checks a pool worker makes for the next job before it sleeps (the first quarter pause
+# instructions, the rest yield the core): about a millisecond, longer than the gaps between
+# the kernels of a training step.
+_SPIN = 4000
+# Below this many multiply-adds a matrix product runs on the calling thread alone.
+_MIN_PARALLEL_GEMM = 1 << 18
 _LIB = []  # [library or None], built on first use
+_GEMM = []  # [True when the library's gemm has NumPy's BLAS sgemm]
 
 
 def library():
@@ -315,29 +61,103 @@ def library():
     if not _LIB:
         lib = None
         if os.environ.get("NEEDLE_CPU_C", "1").strip() != "0":
-            lib = build_library(_SOURCE, c_compiler(), "cpu", ("-O3", "-march=native"))
+            with open(_SOURCE_FILE) as f:
+                source = f.read()
+            lib = build_library(source, c_compiler(), "cpu",
+                                ("-O3", "-march=native", "-pthread"))
         if lib is not None:
-            for name, args in _SIGNATURES.items():
+            for name, (args, res) in _SIGNATURES.items():
                 fn = getattr(lib, name)
-                fn.argtypes, fn.restype = args, None
+                fn.argtypes, fn.restype = args, res
+        _GEMM.append(lib is not None and _connect_blas(lib))
         _LIB.append(lib)
     return _LIB[0]
+
+
+# (sgemm, 64-bit integers, set_num_threads) symbol names of the OpenBLAS builds NumPy ships
+# (scipy-openblas, with 64- or 32-bit integers) and of a system OpenBLAS
+_BLAS_SYMBOLS = (
+    ("scipy_cblas_sgemm64_", True, "scipy_openblas_set_num_threads64_"),
+    ("scipy_cblas_sgemm", False, "scipy_openblas_set_num_threads"),
+    ("cblas_sgemm64_", True, "openblas_set_num_threads64_"),
+    ("cblas_sgemm", False, "openblas_set_num_threads"),
+)
+
+
+def _numpy_blas_paths():
+    """Paths of the OpenBLAS libraries loaded in this process (NumPy's), Linux only."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "/" in line}
+    except OSError:
+        return []
+    return sorted(p for p in paths
+                  if "openblas" in os.path.basename(p).lower() and os.path.isfile(p))
+
+
+def _connect_blas(lib) -> bool:
+    """Hand the C library NumPy's OpenBLAS sgemm and set OpenBLAS to one thread: needle's
+    pool splits each product over its own threads (two thread pools spinning on the same
+    cores slowed a training step 3x). False, and nothing changed, when no OpenBLAS with a
+    CBLAS sgemm is loaded: products then stay NumPy's."""
+    for path in _numpy_blas_paths():
+        try:
+            blas = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for gemm_name, ilp64, threads_name in _BLAS_SYMBOLS:
+            gemm = getattr(blas, gemm_name, None)
+            set_threads = getattr(blas, threads_name, None)
+            if gemm is None or set_threads is None:
+                continue
+            set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
+            set_threads(1)
+            lib.blas_configure(ctypes.cast(gemm, ctypes.c_void_p).value, int(ilp64))
+            return True
+    return False
+
+
+def configure_pool(threads: int) -> None:
+    """The C pool's parallelism (the CPU device's thread count)."""
+    lib = library()
+    if lib is not None:
+        lib.pool_configure(int(threads), _SPIN)
 
 
 def _ptr(a) -> int:
     return a.ctypes.data
 
 
-def _sum_in_order(parts):
-    """parts[0] + parts[1] + ... (a new array), in block order."""
-    total = parts[0].copy()
-    for part in parts[1:]:
-        total += part
-    return total
-
-
 def _ok(*arrays) -> bool:
     return all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
+
+
+def _dense_order(a):
+    """Axes of `a` by decreasing stride when its memory is dense (row-major in that order:
+    a C-contiguous array, or a permuted view of one), else None."""
+    if a.flags.c_contiguous:
+        return ()
+    order = tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
+    return order if a.transpose(order).flags.c_contiguous else None
+
+
+def _flat(a, order):
+    return (a if order == () else a.transpose(order)).reshape(-1)
+
+
+def _blas_layout(a3):
+    """(transposed, leading dimension, batch stride) in elements of the matrices of a
+    (batch, rows, cols) float32 array for a row-major BLAS call, or None when its items are
+    neither row- nor column-major."""
+    s0, s1, s2 = (st // 4 for st in a3.strides)
+    if any(st % 4 for st in a3.strides) or min(s0, s1, s2) < 0:
+        return None
+    b, r, c = a3.shape
+    if s2 == 1 and (r == 1 or s1 >= c):
+        return 0, max(s1, c, 1), s0
+    if s1 == 1 and (c == 1 or s2 >= r):
+        return 1, max(s2, r, 1), s0
+    return None
 
 
 class CKernels:
@@ -345,71 +165,144 @@ class CKernels:
 
     __slots__ = ()
 
+    def set_num_threads(self, n: int) -> None:
+        super().set_num_threads(n)
+        configure_pool(self._threads.threads)
+
+    def _parts(self, work: int) -> int:
+        """Blocks a C kernel over `work` elements splits into (1: the calling thread)."""
+        return self._threads.threads if work >= _MIN_PARALLEL else 1
+
+    def _lib(self):
+        lib = library()
+        if lib is not None and not self._threads.c_configured:
+            configure_pool(self._threads.threads)
+            self._threads.c_configured = True
+        return lib
+
+    # ---- matrix products -------------------------------------------------------------------
+    def _mm(self, a, b, out=None):
+        lib = self._lib()
+        if (lib is None or not _GEMM[0] or a.dtype != np.float32 or b.dtype != np.float32
+                or a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2] or 0 in a.shape
+                or 0 in b.shape or (b.ndim > 2 and a.shape[:-2] != b.shape[:-2])):
+            return super()._mm(a, b, out)
+        m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+        lead = a.shape[:-2]
+        if b.ndim == 2:  # (..., M, K) @ (K, N): one product of (prod(...) M, K) rows
+            a3, b3, batch = a.reshape(1, -1, k), b.reshape(1, k, n), 1
+            rows = a3.shape[1]
+        else:
+            a3, b3 = a.reshape((-1, m, k)), b.reshape((-1, k, n))
+            batch, rows = a3.shape[0], m
+        la, lb = _blas_layout(a3), _blas_layout(b3)
+        if la is None:
+            a3 = np.ascontiguousarray(a3)
+            la = _blas_layout(a3)
+        if lb is None:
+            b3 = np.ascontiguousarray(b3)
+            lb = _blas_layout(b3)
+        shape = lead + (m, n)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            return super()._mm(a, b, out)
+        sc = rows * n if batch > 1 else 0
+        lib.gemm(la[0], lb[0], batch, rows, n, k, _ptr(a3), la[1], la[2] if batch > 1 else 0,
+                 _ptr(b3), lb[1], lb[2] if batch > 1 else 0, 0.0, _ptr(out), n, sc,
+                 self._threads.threads if batch * rows * n * k >= _MIN_PARALLEL_GEMM else 1)
+        return out
+
+    # ---- ReLU -----------------------------------------------------------------------------
+    def relu(self, x, out=None):
+        lib = self._lib()
+        a = x._array
+        order = _dense_order(a) if lib is not None and a.dtype == np.float32 else None
+        if order is None or (out is not None and out._array.strides != a.strides):
+            return super().relu(x, out)
+        y = np.empty_like(a) if out is None else out._array  # the same layout as x
+        lib.relu(_ptr(a), _ptr(y), a.size, self._parts(a.size))
+        return self._wrap(y) if out is None else out
+
+    def relu_grad(self, g, y, out=None):
+        lib = self._lib()
+        gn, yn = g._array, y._array
+        if (lib is None or gn.dtype != np.float32 or yn.dtype != np.float32
+                or gn.shape != yn.shape):
+            return super().relu_grad(g, y, out)
+        order = _dense_order(yn)
+        if order is None or (out is not None and out._array.strides != yn.strides):
+            return super().relu_grad(g, y, out)
+        if gn.strides != yn.strides:  # e.g. a broadcast gradient (a mean's backward)
+            g_in_layout = np.empty_like(yn)
+            g_in_layout[...] = gn
+            gn = g_in_layout
+        dx = np.empty_like(yn) if out is None else out._array
+        lib.relu_grad(_ptr(gn), _ptr(yn), _ptr(dx), yn.size, self._parts(yn.size))
+        return self._wrap(dx) if out is None else out
+
     # ---- convolution windows: blocks of images --------------------------------------------
     def _im2col_into(self, a, cols, stride, ph, pw):
-        lib = library()
-        if lib is None or a.dtype != np.float32 or not cols.flags.c_contiguous:
-            return super()._im2col_into(a, cols, stride, ph, pw)
-        if ph != pw:
+        lib = self._lib()
+        if lib is None or a.dtype != np.float32 or not cols.flags.c_contiguous or ph != pw:
             return super()._im2col_into(a, cols, stride, ph, pw)
         a = np.ascontiguousarray(a)
         n, h, w, c = a.shape
         ho, wo, kh, kw = cols.shape[1:5]
-        dims = (h, w, c, kh, kw, stride, ph, ho, wo)
-        self._split(lambda lo, hi: lib.im2col(_ptr(a), _ptr(cols), lo, hi, *dims), n,
-                    cols.size)
+        lib.im2col(_ptr(a), _ptr(cols), n, h, w, c, kh, kw, stride, ph, ho, wo,
+                   self._parts(cols.size))
 
     def _col2im(self, d, dx, s, p):
-        lib = library()
+        lib = self._lib()
         if lib is None or not (_ok(dx) and d.dtype == np.float32):
             return super()._col2im(d, dx, s, p)
         d = np.ascontiguousarray(d)
         n, ho, wo, kh, kw, c = d.shape
-        dims = (dx.shape[1], dx.shape[2], c, kh, kw, s, p, ho, wo)
-        self._split(lambda lo, hi: lib.col2im(_ptr(d), _ptr(dx), lo, hi, *dims), n, d.size)
+        lib.col2im(_ptr(d), _ptr(dx), n, dx.shape[1], dx.shape[2], c, kh, kw, s, p, ho, wo,
+                   self._parts(d.size))
 
-    # ---- direct convolution: blocks of images --------------------------------------------
+    # ---- direct convolution ---------------------------------------------------------------
     def _direct(self, lib, x, w) -> bool:
         """Whether the C kernels run this convolution: float32 operands and a multiple of
         16 output channels (the kernels' vector width)."""
         return (lib is not None and x.dtype == np.float32 and w.dtype == np.float32
                 and w.shape[3] % 16 == 0)
 
-    @staticmethod
-    def _padded(a, p: int):
+    def _padded(self, lib, a, p: int):
         """NHWC native `a` zero-padded by p on H and W, C-contiguous (a copy, or `a`)."""
+        a = np.ascontiguousarray(a)
         if p == 0:
-            return np.ascontiguousarray(a)
+            return a
         n, h, w, c = a.shape
-        out = np.zeros((n, h + 2 * p, w + 2 * p, c), dtype=a.dtype)
-        out[:, p:p + h, p:p + w] = a
+        out = np.empty((n, h + 2 * p, w + 2 * p, c), dtype=a.dtype)
+        lib.pad_nhwc(_ptr(a), _ptr(out), n, h, w, c, p, self._parts(out.size))
         return out
 
     def conv_forward(self, x, w, bias, stride, padding):
-        lib = library()
+        lib = self._lib()
         if not self._direct(lib, x, w):
             return super().conv_forward(x, w, bias, stride, padding)
         kh, kw, cin, cout = w.shape
-        xpad = self._padded(x._array, padding)
+        xpad = self._padded(lib, x._array, padding)
         n, hp, wp = xpad.shape[:3]
         ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
         wn = np.ascontiguousarray(w._array)
         bn = None if bias is None else np.ascontiguousarray(bias._array.reshape(cout),
                                                             dtype=np.float32)
         out = np.empty((n, ho, wo, cout), dtype=np.float32)
-        dims = (hp, wp, cin, kh, kw, cout, stride, ho, wo)
-        b_ptr = None if bn is None else _ptr(bn)
-        self._split(lambda lo, hi: lib.conv_fwd(_ptr(xpad), _ptr(wn), b_ptr, _ptr(out), lo,
-                                                hi, *dims), n, out.size * kh * kw)
+        lib.conv_fwd(_ptr(xpad), _ptr(wn), None if bn is None else _ptr(bn), _ptr(out), n,
+                     hp, wp, cin, kh, kw, cout, stride, ho, wo,
+                     self._parts(out.size * kh * kw * cin // 16))
         return self._wrap(out), self._wrap(xpad)
 
     def conv_saved(self, x, w, stride, padding):
-        if not self._direct(library(), x, w):
+        lib = self._lib()
+        if not self._direct(lib, x, w):
             return super().conv_saved(x, w, stride, padding)
-        return self._wrap(self._padded(x._array, padding))
+        return self._wrap(self._padded(lib, x._array, padding))
 
     def conv_weight_grad(self, saved, g, w_shape, stride, padding):
-        lib = library()
+        lib = self._lib()
         if saved.ndim != 4 or lib is None:  # an im2col matrix (the base class's form)
             return super().conv_weight_grad(saved, g, w_shape, stride, padding)
         xpad = saved._array
@@ -417,106 +310,73 @@ class CKernels:
         kh, kw, cin, cout = w_shape
         n, hp, wp = xpad.shape[:3]
         ho, wo = gn.shape[1:3]
-        dims = (hp, wp, cin, kh, kw, cout, stride, ho, wo)
-        k = self._threads.blocks(n, gn.size * kh * kw)
-        parts = np.empty((k,) + tuple(w_shape), dtype=np.float32)
-        bounds = [n * i // k for i in range(k + 1)]
-
-        def block(i):
-            lib.conv_wgrad(_ptr(xpad), _ptr(gn), _ptr(parts[i]), bounds[i], bounds[i + 1],
-                           *dims)
-
-        if k == 1:
-            block(0)
-            return self._wrap(parts[0])
-        self._threads.run(lambda lo, hi: [block(i) for i in range(lo, hi)], k, k)
-        return self._wrap(_sum_in_order(parts))
+        size = kh * kw * cin * cout
+        dw = np.empty(size + cout, dtype=np.float32)  # the kernel's room for a bias sum
+        lib.conv_wgrad(_ptr(xpad), _ptr(gn), _ptr(dw), None, n, hp, wp, cin, kh, kw, cout,
+                       stride, ho, wo, self._parts(gn.size * kh * kw * cin // 16))
+        return self._wrap(dw[:size].reshape(w_shape))
 
     def conv_input_grad(self, g, w, shape, stride, padding):
-        lib = library()
+        lib = self._lib()
         kh, kw, cin, cout = w.shape
         if (lib is None or g.dtype != np.float32 or w.dtype != np.float32
-                or cin % 16 != 0):
+                or (cin % 16 != 0 and (cin >= 16 or cout % 16 != 0))):
             return super().conv_input_grad(g, w, shape, stride, padding)
         gn = np.ascontiguousarray(g._array)
-        wt = np.ascontiguousarray(w._array.transpose(0, 1, 3, 2))  # (KH, KW, C_out, C)
         n, h, wd = shape[:3]
-        p = padding
-        dxp = np.empty((n, h + 2 * p, wd + 2 * p, cin), dtype=np.float32)
         ho, wo = gn.shape[1:3]
-        dims = (h + 2 * p, wd + 2 * p, cin, kh, kw, cout, stride, ho, wo)
-        self._split(lambda lo, hi: lib.conv_dgrad(_ptr(gn), _ptr(wt), _ptr(dxp), lo, hi,
-                                                  *dims), n, gn.size * kh * kw)
-        if p == 0:
-            return self._wrap(dxp)
-        return self._wrap(np.ascontiguousarray(dxp[:, p:p + h, p:p + wd]))
-
-    def _split(self, fn, n_rows, n_elements):
-        k = self._threads.blocks(n_rows, n_elements)
-        if k == 1:
-            fn(0, n_rows)
+        dx = np.empty((n, h, wd, cin), dtype=np.float32)
+        dims = (n, h, wd, padding, cin, kh, kw, cout, stride, ho, wo,
+                self._parts(gn.size * kh * kw * cin // 16))
+        if cin % 16 == 0:
+            wt = np.ascontiguousarray(w._array.transpose(0, 1, 3, 2))  # (KH, KW, C_out, C)
+            lib.conv_dgrad(_ptr(gn), _ptr(wt), _ptr(dx), *dims)
         else:
-            self._threads.run(fn, n_rows, k)
-
-    def _split_sums(self, fn, n_rows, n_elements, width, count=1):
-        """Per-block float64 partial sums of `count` (width,) vectors, added in block order."""
-        k = self._threads.blocks(n_rows, n_elements)
-        parts = np.zeros((k, count, width))
-        bounds = [n_rows * i // k for i in range(k + 1)]
-
-        def block(i):
-            fn(bounds[i], bounds[i + 1], *(_ptr(parts[i, j]) for j in range(count)))
-
-        if k == 1:
-            block(0)
-        else:
-            self._threads.run(lambda lo, hi: [block(i) for i in range(lo, hi)], k, k)
-        return parts.sum(axis=0)
+            wn = np.ascontiguousarray(w._array)
+            lib.conv_dgrad_small(_ptr(gn), _ptr(wn), _ptr(dx), *dims)
+        return self._wrap(dx)
 
     # ---- batch norm over channels-last rows -----------------------------------------------
     def _batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
-        lib = library()
+        lib = self._lib()
         x2 = None if lib is None else self._rows_by_channel(x, axes)
         if x2 is None or not _ok(x2):
             return super()._batch_norm_fwd(x, weight, bias, eps, axes)
         rows, c = x2.shape
-        mean = (self._split_sums(lambda lo, hi, s: lib.bn_sum(_ptr(x2), lo, hi, c, s),
-                                 rows, x2.size, c)[0] / rows).astype(np.float32)
-        var64 = self._split_sums(
-            lambda lo, hi, s: lib.bn_sqdev(_ptr(x2), lo, hi, c, _ptr(mean), s),
-            rows, x2.size, c)[0] / rows
-        var = var64.astype(np.float32)
-        rstd = (1.0 / np.sqrt(var + eps)).astype(np.float32)
+        parts = self._parts(x2.size)
+        mean64, var64 = np.empty(c), np.empty(c)
+        if lib.bn_stats(_ptr(x2), rows, c, _ptr(mean64), _ptr(var64), parts):
+            raise MemoryError("batch_norm: out of memory for the partial sums")
+        mean, var = mean64.astype(np.float32), var64.astype(np.float32)
+        rstd = (1.0 / np.sqrt(var64 + eps)).astype(np.float32)
         scale = rstd if weight is None else np.ascontiguousarray(rstd * weight.reshape(c))
         shift = (np.zeros(c, np.float32) if bias is None
                  else np.ascontiguousarray(bias.reshape(c), dtype=np.float32))
         scale = scale.astype(np.float32, copy=False)
         y = np.empty_like(x2)
-        args = (_ptr(mean), _ptr(scale), _ptr(shift))
-        self._split(lambda lo, hi: lib.bn_apply(_ptr(x2), _ptr(y), lo, hi, c, *args),
-                    rows, x2.size)
+        lib.bn_apply(_ptr(x2), _ptr(y), rows, c, _ptr(mean), _ptr(scale), _ptr(shift), parts)
         return self._as_layout(y, x), mean, rstd, var
 
     def _batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
-        lib = library()
+        lib = self._lib()
         x2 = None if lib is None else self._rows_by_channel(x, axes)
         dy2 = None if x2 is None else self._rows_by_channel(dy, axes)
         if dy2 is None or not _ok(x2, dy2, mean, rstd):
             return super()._batch_norm_bwd(dy, x, mean, rstd, weight, axes)
         rows, c = x2.shape
+        parts = self._parts(x2.size)
         mean, rstd = mean.reshape(c), rstd.reshape(c)
-        sums = self._split_sums(
-            lambda lo, hi, db, dw: lib.bn_bwd_sums(_ptr(dy2), _ptr(x2), lo, hi, c,
-                                                   _ptr(mean), _ptr(rstd), db, dw),
-            rows, x2.size, c, count=2)
-        db, dw = sums[0].astype(np.float32), sums[1].astype(np.float32)
+        db64, dw64 = np.empty(c), np.empty(c)
+        if lib.bn_bwd_sums(_ptr(dy2), _ptr(x2), rows, c, _ptr(mean), _ptr(rstd),
+                           _ptr(db64), _ptr(dw64), parts):
+            raise MemoryError("batch_norm: out of memory for the partial sums")
+        db, dw = db64.astype(np.float32), dw64.astype(np.float32)
         scale = rstd if weight is None else rstd * weight.reshape(c)
         scale = np.ascontiguousarray(scale, dtype=np.float32)
         mdb, mdw = db / np.float32(rows), dw / np.float32(rows)
         dx = np.empty_like(x2)
-        args = tuple(_ptr(v) for v in (mean, rstd, scale, mdb, mdw))
-        self._split(lambda lo, hi: lib.bn_bwd_dx(_ptr(dy2), _ptr(x2), _ptr(dx), lo, hi, c,
-                                                 *args), rows, x2.size)
+        lib.bn_bwd_dx(_ptr(dy2), _ptr(x2), _ptr(dx), rows, c, *(
+            _ptr(v) for v in (mean, rstd, scale, mdb, mdw)), parts)
         dx = self._as_layout(dx, x)
         if weight is None:
             return dx, None, None

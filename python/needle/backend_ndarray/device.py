@@ -130,10 +130,15 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
     def concatenate(self, arrays, axis=0):
         return self._wrap(self.xp.concatenate([a._array for a in arrays], axis=axis))
 
-    def pack_flat(self, arrays):
-        """One new compact 1-d array: every NDArray of `arrays` flattened, in order (an
-        optimizer's flat update packs its parameters and gradients this way)."""
-        return self._wrap(self.xp.concatenate([a._array.reshape(-1) for a in arrays]))
+    def pack_flat(self, arrays, out=None):
+        """One new compact 1-d array (or `out`, filled and returned): every NDArray of
+        `arrays` flattened, in order (an optimizer's flat update packs its parameters and
+        gradients this way)."""
+        parts = [a._array.reshape(-1) for a in arrays]
+        if out is not None:
+            self.xp.concatenate(parts, out=out._array)
+            return out
+        return self._wrap(self.xp.concatenate(parts))
 
     def unpack_flat(self, flat, arrays) -> None:
         """The inverse of `pack_flat`, in place: consecutive pieces of the 1-d `flat` written
@@ -154,6 +159,29 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
                                                          *[a._array for a in arrays])))
 
     # ---- kernels beyond NumPy's ufuncs ---------------------------------------------------
+    def _mm(self, a, b, out=None):
+        """Native matrix product `a @ b` (NumPy's matmul semantics), into `out` when given;
+        every product of the device's kernels goes through it (cpu(): needle's threads)."""
+        return self.xp.matmul(a, b, out=out)
+
+    def relu(self, x, out=None):
+        """max(x, 0), in the layout of x (a NaN stays NaN); into the NDArray `out` when
+        given (then returned)."""
+        if out is not None:
+            self.xp.maximum(x._array, 0, out=out._array)
+            return out
+        return self._wrap(self.xp.maximum(x._array, 0))
+
+    def relu_grad(self, g, y, out=None):
+        """g where y > 0, else 0: ReLU's backward from its output y (the shape of g); into
+        `out` when given."""
+        gn = g._array
+        r = self.xp.where(y._array > 0, gn, self.xp.zeros((), dtype=gn.dtype))
+        if out is not None:
+            self.xp.copyto(out._array, r)
+            return out
+        return self._wrap(r)
+
     def scatter_add(self, out, index, values):
         """out[index] += values, accumulating repeated indices."""
         self.xp.add.at(out, index, values)

@@ -47,6 +47,9 @@ FUSIBLE = {
     "tanh": (1, "tanhf({0})", lambda xp, a: xp.tanh(a)),
     "sqrt": (1, "sqrtf({0})", lambda xp, a: xp.sqrt(a)),
     "abs": (1, "fabsf({0})", lambda xp, a: xp.abs(a)),
+    "relu": (1, "nrelu({0})", lambda xp, a: xp.maximum(a, 0)),
+    "relu_grad": (2, "(({1}) > 0.0f ? ({0}) : 0.0f)",
+                  lambda xp, g, y: xp.where(y > 0, g, 0.0)),
 }
 
 
@@ -171,7 +174,8 @@ def _operand_text(o, exprs):
 _PY = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
        "neg": "(-{0})", "maximum": "xp.maximum({0}, {1})", "minimum": "xp.minimum({0}, {1})",
        "exp": "xp.exp({0})", "log": "xp.log({0})", "tanh": "xp.tanh({0})",
-       "sqrt": "xp.sqrt({0})", "abs": "xp.abs({0})"}
+       "sqrt": "xp.sqrt({0})", "abs": "xp.abs({0})", "relu": "xp.maximum({0}, 0)",
+       "relu_grad": "xp.where({1} > 0, {0}, 0.0)"}
 
 
 _UFUNC = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide",
@@ -233,7 +237,16 @@ def _python_function_into(kernel, xp, ns, names):
                 args.append("o" if chain else f"t{x}")
             else:
                 args.append(f"{k}{x}")
-        call = f"xp.{_UFUNC[op]}({', '.join(args)}"
+        if op in _UFUNC:
+            call = f"xp.{_UFUNC[op]}({', '.join(args)}"
+        else:  # no ufunc: the expression, copied into out
+            dest = "o" if chain or j == last else f"t{j}"
+            if dest != "o":
+                lines.append(f"    t{j} = xp.empty({kernel.shape!r}, dtype='float32')")
+            lines.append(f"    xp.copyto({dest}, {_PY[op].format(*args)})")
+            continue
+        if op == "relu":
+            call = f"xp.maximum({args[0]}, 0"
         if chain or j == last:
             lines.append(f"    {call}, out=o)")
         else:
@@ -276,7 +289,8 @@ def c_source(kernel: FusedElementwise) -> str:
 
 _HELPERS = """/* NumPy's maximum/minimum: a NaN on either side gives NaN */
 static inline float nmax(float a, float b) { return (a != a || a > b) ? a : b; }
-static inline float nmin(float a, float b) { return (a != a || a < b) ? a : b; }"""
+static inline float nmin(float a, float b) { return (a != a || a < b) ? a : b; }
+static inline float nrelu(float a) { return a < 0.0f ? 0.0f : a; }"""
 
 
 def _step_lines(kernel, input_fmt, scalar_fmt):

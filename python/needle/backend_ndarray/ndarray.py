@@ -464,7 +464,7 @@ class NDArray:
                              self._device)
 
     def __matmul__(self, other):
-        return NDArray._wrap(self._array @ other._array, self._device)
+        return NDArray._wrap(self._device._mm(self._array, other._array), self._device)
 
     # ---- padding and flipping -----------------------------------------------------------
     def pad(self, axes):

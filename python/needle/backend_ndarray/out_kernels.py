@@ -12,7 +12,8 @@ they allocate, so a pooled plan is bit-equal to an unpooled one. The forms are w
 against the device's `xp`, so they serve cpu() (NumPy) and cuda() (CuPy) alike:
 
 - elementwise: `+ - * /` (reflected too), `maximum minimum`, comparisons (float results),
-  negation, `exp log tanh sqrt abs sign sigmoid`;
+  negation, `exp log tanh sqrt abs sign sigmoid`, and the Device kernels that take `out=`
+  themselves (`relu`, `relu_grad`, and `pack_flat`, an optimizer's flat packing);
 - fused elementwise kernels (`FusedElementwise.entry_out`);
 - `@` (matmul), `sum` and `max` over axes (of a row-major input: the reduction order of
   NumPy depends on the layout, so another layout runs the allocating kernel);
@@ -47,6 +48,8 @@ _UNARY = {"__neg__": "negative", "exp": "exp", "log": "log", "tanh": "tanh", "sq
 _REDUCTIONS = {"sum", "max"}
 _COPIES = {"compact", "copy"}
 _CONSTRUCTORS = {"zeros": 0.0, "ones": 1.0, "full": None, "empty": None}  # the fill value
+# Device kernels with an out= argument of their own
+_DEVICE_OUT = {"relu", "relu_grad", "pack_flat"}
 
 _FORMS: dict = {}  # (kernel name, xp) -> function (one function per kernel and module)
 
@@ -59,13 +62,17 @@ def out_form(event, values):
     """
     if not isinstance(event.outputs, int) or values[event.outputs].dtype != "float32":
         return None
+    owner, _, method = event.name.rpartition(".")
+    if (method in _DEVICE_OUT and owner != "NDArray" and not event.kwargs and event.args
+            and isinstance(event.args[0], Device)
+            and all(values[v].dtype == "float32" for v in _refs_in(event.args))):
+        return _form(method, event.args[0].xp)
     refs = [a for a in event.args if isinstance(a, Ref)]
     if not refs and event.name != "fused" and not _is_device_kernel(event):
         return None
     for a in refs:
         if values[a.vid].dtype != "float32":
             return None
-    owner, _, method = event.name.rpartition(".")
     if event.name == "fused":
         return event.fn.kernel.entry_out()
     if event.fn is _copy_ndarray:
@@ -101,6 +108,15 @@ def _is_device_kernel(event):
     method = event.name.rpartition(".")[2]
     return (method in _CONSTRUCTORS or method == "rand") and event.fn is getattr(
         Device, method, None) and bool(event.args) and isinstance(event.args[0], Device)
+
+
+def _refs_in(args):
+    """The value ids of the Refs in `args`, lists and tuples included."""
+    for a in args:
+        if isinstance(a, Ref):
+            yield a.vid
+        elif isinstance(a, (list, tuple)):
+            yield from _refs_in(a)
 
 
 def _number(x):
@@ -142,9 +158,12 @@ def _make(name, xp):
             xp.multiply(0.5, o, out=o)
             return out
     elif name == "__matmul__":
-        def run(a, b, out):
-            xp.matmul(a._array, b._array, out=out._array)
+        def run(a, b, out):  # the device's product, as the kernel (cpu(): its threads)
+            a.device._mm(a._array, b._array, out=out._array)
             return out
+    elif name in _DEVICE_OUT:
+        def run(device, *args, out):  # the device kernel itself takes out=
+            return getattr(device, name)(*args, out=out)
     elif name in _REDUCTIONS:
         def run(a, axes=None, keepdims=False, *, axis=None, out):
             x = a._array

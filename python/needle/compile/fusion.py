@@ -1,7 +1,8 @@
 """Fusing chains of elementwise kernels of a recording into one kernel each.
 
 A recorded event is *fusible* when it is one of the NDArray elementwise methods in `_OPS`
-on float32 values, with Python numbers or scalar slots as the other operands. Walking the
+or the Device kernels in `_DEVICE_OPS` (ReLU and its backward) on float32 values, with
+Python numbers or scalar slots as the other operands. Walking the
 events in order, a fusible event joins the group whose last result it consumes when
 
 - that result is used nowhere else (not by another kernel, not returned, not a gradient);
@@ -42,19 +43,31 @@ class _Group:
         self.leaves = set()
 
 
+# Device kernel -> fused op (its arguments after the device: the operands in order)
+_DEVICE_OPS = {"relu": "relu", "relu_grad": "relu_grad"}
+
+
 def _fusible(e, values):
+    """(fused op, operands in order) of a fusible event, else None."""
     owner, _, method = e.name.rpartition(".")
-    if owner != "NDArray" or method not in _OPS or e.kwargs or not isinstance(e.outputs, int):
+    if e.kwargs or not isinstance(e.outputs, int):
+        return None
+    if owner == "NDArray" and method in _OPS:
+        name, swapped = _OPS[method]
+        args = [e.args[1], e.args[0]] if swapped else list(e.args)
+    elif owner != "NDArray" and method in _DEVICE_OPS:
+        name, args = _DEVICE_OPS[method], list(e.args[1:])
+    else:
         return None
     if values[e.outputs].dtype != "float32":
         return None
-    for a in e.args:
+    for a in args:
         if isinstance(a, Ref):
             if values[a.vid].dtype != "float32":
                 return None
         elif isinstance(a, bool) or not isinstance(a, (int, float)):
             return None
-    return _OPS[method]
+    return name, args
 
 
 def _writes(e):
@@ -81,10 +94,7 @@ def fuse_elementwise(rec, keep):
         op = _fusible(e, values)
         if op is None:
             continue
-        name, swapped = op
-        args = list(e.args)
-        if swapped:
-            args = [args[1], args[0]]
+        name, args = op
         shape = values[e.outputs].shape
         group = None
         operands = []

@@ -15,10 +15,12 @@ from .ops_logarithmic import (
 )
 from .ops_mathematic import (
     AddScalar, BroadcastTo, DivScalar, Erf, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Log,
-    MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, Reshape, ScalarPower,
+    MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, ReLUGrad, Reshape,
+    ScalarPower,
     Sigmoid, Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
     divide_scalar, erf, exp, keepdims_shape, log, matmul, max, maximum, mean, mul_scalar, multiply,
-    negate, normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, reshape,
+    negate, normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, relu_grad,
+    reshape,
     sigmoid, sqrt, summation, tanh, to_device, transpose,
 )
 from .ops_norm import (
@@ -35,7 +37,8 @@ from .ops_tuple import (
 __all__ = [
     # functions
     "add", "add_scalar", "multiply", "mul_scalar", "power", "power_scalar", "divide",
-    "divide_scalar", "negate", "log", "exp", "erf", "relu", "tanh", "sigmoid", "sqrt",
+    "divide_scalar", "negate", "log", "exp", "erf", "relu", "relu_grad", "tanh", "sigmoid",
+    "sqrt",
     "maximum", "matmul", "linear", "summation", "mean", "max", "broadcast_to", "reshape",
     "transpose", "permute", "to_device", "getitem", "scatter_add", "flip", "pad", "dilate",
     "undilate", "concatenate",
@@ -47,7 +50,8 @@ __all__ = [
     "reduce_to_shape", "keepdims_shape", "normalize_axes", "vjp_of",
     # op classes
     "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWisePow", "PowerScalar", "ScalarPower",
-    "EWiseDiv", "DivScalar", "Negate", "Log", "Exp", "Erf", "ReLU", "Tanh", "Sigmoid",
+    "EWiseDiv", "DivScalar", "Negate", "Log", "Exp", "Erf", "ReLU", "ReLUGrad", "Tanh",
+    "Sigmoid",
     "Sqrt", "Maximum", "MatMul", "Linear", "Summation", "Max", "BroadcastTo", "Reshape",
     "Transpose", "Permute", "ToDevice", "GetItem", "ScatterAdd", "Flip", "Pad", "Dilate",
     "UnDilate", "Concatenate",

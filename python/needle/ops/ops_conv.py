@@ -81,7 +81,8 @@ class Conv(FusedOp):
     plus an optional bias (C_out elements). `a` and the output are NHWC, or NCHW when `nchw`.
 
     The forward keeps the device's saved operand (im2col matrix or padded input) for the
-    weight gradient; the backward recomputes it when missing, so a graph can be backpropagated twice.
+    weight gradient; the backward recomputes it when missing, so a graph can be
+    backpropagated twice.
     """
 
     __slots__ = ("stride", "padding", "nchw", "save_cols", "_saved")

@@ -290,15 +290,32 @@ class ReLU(TensorOp):
     array_rule = True
 
     def compute(self, a: NDArray):
-        return a.maximum(0)
+        return a.device.relu(a)
 
     def gradient(self, out_grad, node):
-        return out_grad * (node.inputs[0] > 0)
+        return relu_grad(out_grad, node)
 
+
+class ReLUGrad(TensorOp):
+    """g where y > 0, else 0: ReLU's backward (one kernel) from its output y. Its own
+    derivative in g is the same mask; in y it is zero wherever it exists."""
+
+    __slots__ = ()
+    array_rule = True
+
+    def compute(self, g: NDArray, y: NDArray):
+        return g.device.relu_grad(g, y)
+
+    def gradient(self, out_grad, node):
+        return relu_grad(out_grad, node.inputs[1]), None
 
 
 def relu(a):
     return ReLU()(a)
+
+
+def relu_grad(g, y):
+    return ReLUGrad()(g, y)
 
 
 class Tanh(TensorOp):
