@@ -46,12 +46,13 @@ _SIGNATURES = {
 }
 # Below this many elements (or multiply-adds / 16) a kernel runs on the calling thread alone.
 _MIN_PARALLEL = 1 << 15
-# Checks a pool worker makes for the next job before it sleeps (the first quarter pause
-# instructions, the rest yield the core): about a millisecond, longer than the gaps between
-# the kernels of a training step.
-_SPIN = 4000
-# Below this many multiply-adds a matrix product runs on the calling thread alone.
-_MIN_PARALLEL_GEMM = 1 << 18
+# Microseconds a pool worker waits for the next job (calling sched_yield) before it sleeps:
+# longer than the gaps between the kernels of a training step, even the data loading at its
+# start (a sleeping worker takes 50-90 us to wake on a 2-core VM).
+_SPIN = 5000
+# Below this many multiply-adds a matrix product is NumPy's call (one BLAS thread): the
+# split costs ~10 us of Python and two calls' packing (measured on MLPResNet's products).
+_MIN_PARALLEL_GEMM = 1 << 20
 _LIB = []  # [library or None], built on first use
 _GEMM = []  # [True when the library's gemm has NumPy's BLAS sgemm]
 
@@ -183,9 +184,11 @@ class CKernels:
     # ---- matrix products -------------------------------------------------------------------
     def _mm(self, a, b, out=None):
         lib = self._lib()
-        if (lib is None or not _GEMM[0] or a.dtype != np.float32 or b.dtype != np.float32
-                or a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2] or 0 in a.shape
-                or 0 in b.shape or (b.ndim > 2 and a.shape[:-2] != b.shape[:-2])):
+        if (lib is None or not _GEMM[0] or a.ndim < 2 or b.ndim < 2
+                or a.size * b.shape[-1] < _MIN_PARALLEL_GEMM  # small: NumPy's call is cheaper
+                or a.dtype != np.float32 or b.dtype != np.float32
+                or a.shape[-1] != b.shape[-2] or 0 in a.shape or 0 in b.shape
+                or (b.ndim > 2 and a.shape[:-2] != b.shape[:-2])):
             return super()._mm(a, b, out)
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
         lead = a.shape[:-2]
@@ -210,7 +213,7 @@ class CKernels:
         sc = rows * n if batch > 1 else 0
         lib.gemm(la[0], lb[0], batch, rows, n, k, _ptr(a3), la[1], la[2] if batch > 1 else 0,
                  _ptr(b3), lb[1], lb[2] if batch > 1 else 0, 0.0, _ptr(out), n, sc,
-                 self._threads.threads if batch * rows * n * k >= _MIN_PARALLEL_GEMM else 1)
+                 self._threads.threads)
         return out
 
     # ---- ReLU -----------------------------------------------------------------------------

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef long long ll;
 typedef void (*task_fn)(const void *args, ll lo, ll hi, int part);
@@ -33,7 +34,7 @@ static struct {
   pthread_cond_t wake;
   int workers;               /* threads started */
   int threads;               /* parallelism wanted, the calling thread included */
-  int spin;                  /* checks a worker makes before it sleeps (pause, then yield) */
+  int spin;                  /* microseconds a worker waits for work (yielding) before it sleeps */
   int fork_handler;
   _Atomic unsigned gen;      /* job generation: a worker runs a job when it changes */
   _Atomic int pending;       /* workers that have not finished the current job */
@@ -44,7 +45,7 @@ static struct {
   int parts;
   unsigned start_gen[MAX_WORKERS + 1];
 } pool = {.job = PTHREAD_MUTEX_INITIALIZER, .sleep_lock = PTHREAD_MUTEX_INITIALIZER,
-          .wake = PTHREAD_COND_INITIALIZER, .threads = 1, .spin = 2000};
+          .wake = PTHREAD_COND_INITIALIZER, .threads = 1, .spin = 5000};
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -54,16 +55,25 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+static long long now_us(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long long)t.tv_sec * 1000000 + t.tv_nsec / 1000;
+}
+
 static void *worker_main(void *arg) {
   const int id = (int)(intptr_t)arg;
   unsigned seen = pool.start_gen[id];
   for (;;) {
     unsigned g;
     int spins = 0;
+    long long since = now_us();
     while ((g = atomic_load_explicit(&pool.gen, memory_order_acquire)) == seen) {
-      if (spins++ < pool.spin) {  /* spin, then yield the core to whoever needs it (BLAS) */
-        if (spins < pool.spin / 4) cpu_relax();
-        else sched_yield();
+      /* yield, not pause: a pause loop on one vCPU of a 2-core VM slowed the Python thread
+         on the other by 11%; a loop of sched_yield does not, and gives the core to any
+         thread that wants it. Waking a sleeping worker costs 50-90 us there. */
+      if ((++spins & 63) || now_us() - since < pool.spin) {
+        sched_yield();
         continue;
       }
       pthread_mutex_lock(&pool.sleep_lock);
@@ -110,7 +120,8 @@ static void start_workers(int want) {
   }
 }
 
-/* parallelism (the calling thread included) and the spin before a worker sleeps */
+/* parallelism (the calling thread included) and how long (us) a worker waits for work before
+   it sleeps (-1: unchanged) */
 void pool_configure(int threads, int spin) {
   pthread_mutex_lock(&pool.job);
   pool.threads = threads < 1 ? 1 : threads;
