@@ -167,9 +167,9 @@ def test_relu_and_its_gradient_equal_numpy(layout):
 
 @pytest.mark.parametrize("a_shape,b_shape,ta,tb", [
     ((300, 200), (200, 150), False, False), ((300, 200), (200, 150), True, False),
-    ((300, 200), (200, 150), False, True), ((3, 40, 20), (20, 30), False, False),
-    ((4, 5, 7, 3), (4, 5, 3, 6), False, False), ((4, 5, 7, 3), (4, 5, 3, 6), True, True),
-    ((1, 64), (64, 2000), False, False), ((2000, 64), (64, 1), False, False)])
+    ((300, 200), (200, 150), False, True), ((3, 400, 20), (20, 300), False, False),
+    ((4, 5, 70, 30), (4, 5, 30, 60), False, False), ((4, 5, 70, 30), (4, 5, 30, 60), True, True),
+    ((1, 640), (640, 2000), False, False), ((20000, 64), (64, 1), False, False)])
 def test_matrix_products_equal_numpy(a_shape, b_shape, ta, tb):
     """Needle's threaded products (NumPy's BLAS sgemm, one call per block of rows or columns)
     for row- and column-major operands, batches and matrices times a batch."""
@@ -182,8 +182,115 @@ def test_matrix_products_equal_numpy(a_shape, b_shape, ta, tb):
         return a
 
     a, b = make(a_shape, ta), make(b_shape, tb)
+    assert a.size * b.shape[-1] >= cpu_c._MIN_PARALLEL_GEMM  # the threaded products
     got = (ndl.NDArray(a) @ ndl.NDArray(b)).numpy()
     np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-5, atol=1e-4)
     out = np.empty(got.shape, np.float32)
     assert ndl.cpu()._mm(a, b, out=out) is out
     np.testing.assert_array_equal(out, got)
+
+
+def test_batched_products_of_permuted_views_equal_numpy():
+    """Attention's products: (B, H, T, d) heads that are permuted views of (B, T, H, d)
+    memory (their leading axes do not fold into one stride), each matrix read in place."""
+    rng = np.random.default_rng(8)
+    q = rng.standard_normal((4, 64, 4, 32)).astype(np.float32).transpose(0, 2, 1, 3)
+    k = rng.standard_normal((4, 64, 4, 32)).astype(np.float32).transpose(0, 2, 3, 1)
+    w = rng.standard_normal((32, 700)).astype(np.float32)
+    for a, b in ((q, k), (q, w), (q[:, ::2], k[:, ::2])):
+        assert a.size * b.shape[-1] >= cpu_c._MIN_PARALLEL_GEMM  # the threaded products
+        got = (ndl.NDArray(a) @ ndl.NDArray(b)).numpy()
+        np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-5, atol=1e-4)
+
+
+def _base():
+    """The device's kernels below the C ones (NumPy, with the Python row threads)."""
+    return super(cpu_c.CKernels, ndl.cpu())
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div", "rsub", "rdiv"])
+def test_large_elementwise_operators_equal_numpy_bit_for_bit(op):
+    rng = np.random.default_rng(9)
+    base = rng.standard_normal((64, 16, 40, 3)).astype(np.float32) + 3.0
+    a = base.transpose(0, 3, 1, 2)  # a permuted view: the C kernel walks its memory order
+    b = (rng.standard_normal(base.shape).astype(np.float32) + 3.0).transpose(0, 3, 1, 2)
+    fn = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+          "rsub": lambda x, y: y - x, "rdiv": lambda x, y: y / x}[op]
+    assert a.size >= 1 << 15
+    dev = ndl.cpu()
+    for other in ((b, 2.5) if op in ("add", "sub", "mul", "div") else (2.5,)):
+        got = dev._ewise(op, a, other)
+        assert got is not None and got.strides == a.strides
+        np.testing.assert_array_equal(got, fn(a, other))
+    x = ndl.NDArray(base.copy())
+    x += 1.5
+    x *= ndl.NDArray(base)
+    np.testing.assert_array_equal(x.numpy(), (base + np.float32(1.5)) * base)
+
+
+def test_softmax_cross_entropy_equals_numpy_kernel():
+    rng = np.random.default_rng(10)
+    z = (rng.standard_normal((300, 1000)) * 5).astype(np.float32)
+    labels = rng.integers(0, 1000, 300).astype(np.float32)  # as the course feeds them
+    dev, base = ndl.cpu(), _base()
+    loss, lse = dev._softmax_cross_entropy_fwd(z, labels)
+    want_loss, want_lse = base._softmax_cross_entropy_fwd(z, labels)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-6)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-6)
+    np.testing.assert_allclose(dev._softmax_cross_entropy_bwd(z, labels, lse, 0.7),
+                               base._softmax_cross_entropy_bwd(z, labels, want_lse, 0.7),
+                               rtol=1e-5, atol=1e-9)
+    with pytest.raises(IndexError):  # an out-of-range label: the NumPy kernel's own error
+        dev._softmax_cross_entropy_fwd(z, np.full(300, 1000.0, np.float32))
+
+
+def test_softmax_rows_equal_numpy_kernel():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 33, 130)).astype(np.float32) * 4
+    x[0, 0] = -np.inf  # no mass: zeros
+    x[0, 1, :5] = -1e9  # a causal mask's entries
+    dev, base = ndl.cpu(), _base()
+    got = dev.softmax(ndl.NDArray(x), (2,)).numpy()
+    np.testing.assert_allclose(got, base.softmax(ndl.NDArray(x), (2,)).numpy(), rtol=1e-5,
+                               atol=1e-8)
+    assert not got[0, 0].any() and np.isfinite(got).all()
+
+
+def test_layer_norm_and_adam_equal_numpy_kernels():
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((513, 96)) * 3 + 7).astype(np.float32)
+    w, b = rng.standard_normal(96).astype(np.float32), rng.standard_normal(96).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dev, base = ndl.cpu(), _base()
+    for weight, bias in ((w, b), (None, None)):
+        y, mean, rstd = dev._layer_norm_fwd(x, weight, bias, 1e-5)
+        y0, mean0, rstd0 = base._layer_norm_fwd(x, weight, bias, 1e-5)
+        for got, want in ((y, y0), (mean, mean0), (rstd, rstd0)):
+            np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+        for got, want in zip(dev._layer_norm_bwd(dy, x, mean, rstd, weight),
+                             base._layer_norm_bwd(dy, x, mean0, rstd0, weight)):
+            if want is None:
+                assert got is None
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    for decoupled in (False, True):
+        states = []
+        for kernels in (dev, base):
+            wt, g = x.copy(), dy.copy()
+            m, v = np.zeros_like(wt), np.zeros_like(wt)
+            for step in (1, 2, 3):
+                kernels._adam_update(wt, g, m, v, 1e-2, 0.9, 0.999, 1e-8, step, 1e-2,
+                                     decoupled)
+            states.append((wt, m, v))
+        for got, want in zip(*states):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_embedding_scatter_equals_numpy_kernel():
+    rng = np.random.default_rng(13)
+    ids = rng.integers(0, 50, (40, 9))  # many repeats
+    g = rng.standard_normal((40, 9, 64)).astype(np.float32)
+    dev, base = ndl.cpu(), _base()
+    got = dev.embedding_scatter(ndl.NDArray(g), ndl.NDArray(ids, dtype="int64"), 50).numpy()
+    want = base.embedding_scatter(ndl.NDArray(g), ndl.NDArray(ids, dtype="int64"), 50).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

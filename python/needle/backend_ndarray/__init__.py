@@ -1,10 +1,11 @@
 """needle's array layer: NDArray over a flat buffer, and the devices that run its kernels."""
 from .cuda import CUDADevice, cuda
 from .device import CPUDevice, Device, cpu, cpu_numpy, default_device
-from .ndarray import (
-    ArrayNode, Handle, NDArray, array, broadcast_to, concatenate, einsum, empty, exp, flip, full,
-    log, maximum, reshape, stack, sum, tanh, where,
+from .functions import (
+    array, broadcast_to, concatenate, einsum, empty, exp, flip, full, log, maximum, reshape,
+    stack, sum, tanh, where,
 )
+from .ndarray import ArrayNode, Handle, NDArray
 
 BackendDevice = Device
 

@@ -1,17 +1,18 @@
-"""CPUDevice's C kernels: cpu_kernels.c through ctypes, each with the NumPy kernel as fallback.
+"""CPUDevice's C kernels: csrc/*.c through ctypes, each with the NumPy kernel as fallback.
 
-cpu_kernels.c holds a small fork-join thread pool and the loops NumPy runs badly or on one core
-only: direct NHWC convolution (forward, weight and input gradients), im2col/col2im, zero
-padding, batch norm over channels-last rows and ReLU. It is compiled once with `-O3
--march=native` (c_build.py) and cached; ctypes releases the GIL for each call, and each call
-splits its work over the pool's threads itself (a few microseconds, against ~80 for a Python
-thread pool hand-off on a 2-core VM).
+csrc/ holds a small fork-join thread pool (pool.c) and the loops NumPy runs badly or on one core
+only: matrix products split over the pool (gemm.c), large elementwise operations, ReLU and
+Adam (elementwise.c), softmax and softmax cross-entropy rows (loss.c), layer norm rows
+(norm.c), embedding gradients (seq.c); cpu_c_conv.py has the convolution and batch norm
+kernels (conv.c, norm.c). The files are compiled once, as one unit, with `-O3
+-march=native -fno-math-errno` (c_build.py) and cached; ctypes releases the GIL for each
+call, and each call splits its work over the pool's threads itself (about a microsecond,
+against ~80 for a Python thread pool hand-off on a 2-core VM).
 
 Only float32 operands in the layouts the kernels expect take them; anything else, and every
 call when no C compiler works (or NEEDLE_CPU_C=0), runs the NumPy kernels of the base classes.
-Statistics are accumulated in float64 per channel: at least as accurate as NumPy's float32
-sums. im2col and col2im give NumPy's numbers exactly (copies, and the same additions in the
-same order per element).
+Sums run in 16 lanes (vectorized) or float64; exp is a vectorizable polynomial within 2 ulp
+(loss.c). Copies and elementwise arithmetic give NumPy's numbers exactly.
 """
 from __future__ import annotations
 
@@ -22,14 +23,16 @@ import numpy as np
 
 from .c_build import build_library, c_compiler
 
-_SOURCE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.c")
+_SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+# one translation unit, in this order: pool.c defines what the others use
+_SOURCES = ("pool.c", "gemm.c", "elementwise.c", "conv.c", "norm.c", "loss.c", "seq.c")
 _LL, _P, _I = ctypes.c_longlong, ctypes.c_void_p, ctypes.c_int
 _SIGNATURES = {
     "pool_configure": ([_I, _I], None),
     "pool_noop": ([_LL, _I], _I),
     "blas_configure": ([_P, _I], None),
-    "gemm": ([_I, _I] + [_LL] * 4 + [_P, _LL, _LL, _P, _LL, _LL, ctypes.c_float, _P, _LL, _LL,
-                                       _I], _I),
+    "gemm": ([_I, _I] + [_LL] * 4 + [_P, _LL, _LL, _P, _P, _LL, _LL, _P, ctypes.c_float, _P,
+                                       _LL, _LL, _I], _I),
     "relu": ([_P, _P, _LL, _I], None),
     "relu_grad": ([_P, _P, _P, _LL, _I], None),
     "pad_nhwc": ([_P, _P] + [_LL] * 5 + [_I], None),
@@ -39,6 +42,15 @@ _SIGNATURES = {
     "conv_wgrad": ([_P, _P, _P, _P] + [_LL] * 10 + [_I], None),
     "conv_dgrad": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
     "conv_dgrad_small": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
+    "binary": ([_I, _P, _P, ctypes.c_float, _P, _LL, _I], None),
+    "adam": ([_P, _P, _P, _P, _LL] + [ctypes.c_float] * 5 + [_I] + [ctypes.c_float] * 2
+             + [_I], None),
+    "softmax_ce_fwd": ([_P, _P, _P, _P, _LL, _LL, _I], _I),
+    "softmax_ce_bwd": ([_P, _P, _P, ctypes.c_float, _P, _LL, _LL, _I], None),
+    "softmax_rows": ([_P, _P, _LL, _LL, _I], _I),
+    "layer_norm_fwd": ([_P, _P, _P, _P, _P, _P, _LL, _LL, ctypes.c_float, _I], None),
+    "layer_norm_bwd": ([_P] * 8 + [_LL, _LL, _I], _I),
+    "embedding_scatter": ([_P, _P, _P, _LL, _LL, _I], None),
     "bn_stats": ([_P, _LL, _LL, _P, _P, _I], _I),
     "bn_apply": ([_P, _P, _LL, _LL, _P, _P, _P, _I], None),
     "bn_bwd_sums": ([_P, _P, _LL, _LL, _P, _P, _P, _P, _I], _I),
@@ -62,10 +74,12 @@ def library():
     if not _LIB:
         lib = None
         if os.environ.get("NEEDLE_CPU_C", "1").strip() != "0":
-            with open(_SOURCE_FILE) as f:
-                source = f.read()
+            source = ""
+            for name in _SOURCES:
+                with open(os.path.join(_SOURCE_DIR, name)) as f:
+                    source += f.read() + "\n"
             lib = build_library(source, c_compiler(), "cpu",
-                                ("-O3", "-march=native", "-pthread"))
+                                ("-O3", "-march=native", "-fno-math-errno", "-pthread"))
         if lib is not None:
             for name, (args, res) in _SIGNATURES.items():
                 fn = getattr(lib, name)
@@ -146,19 +160,47 @@ def _flat(a, order):
     return (a if order == () else a.transpose(order)).reshape(-1)
 
 
-def _blas_layout(a3):
-    """(transposed, leading dimension, batch stride) in elements of the matrices of a
-    (batch, rows, cols) float32 array for a row-major BLAS call, or None when its items are
-    neither row- nor column-major."""
-    s0, s1, s2 = (st // 4 for st in a3.strides)
-    if any(st % 4 for st in a3.strides) or min(s0, s1, s2) < 0:
+def _blas_layout(a2):
+    """(transposed, leading dimension) in elements of a float32 matrix (the last two axes of
+    `a2`) for a row-major BLAS call, or None when it is neither row- nor column-major."""
+    st1, st2 = a2.strides[-2], a2.strides[-1]
+    if st1 % 4 or st2 % 4 or st1 < 0 or st2 < 0:
         return None
-    b, r, c = a3.shape
+    s1, s2 = st1 // 4, st2 // 4
+    r, c = a2.shape[-2], a2.shape[-1]
     if s2 == 1 and (r == 1 or s1 >= c):
-        return 0, max(s1, c, 1), s0
+        return 0, max(s1, c, 1)
     if s1 == 1 and (c == 1 or s2 >= r):
-        return 1, max(s2, r, 1), s0
+        return 1, max(s2, r, 1)
     return None
+
+
+def _merges(a) -> bool:
+    """Whether the leading axes of `a` fold into its rows without a copy (row stride times
+    rows between consecutive items)."""
+    expect = a.strides[-2]
+    for n, st in zip(reversed(a.shape[:-1]), reversed(a.strides[:-1])):
+        if n != 1 and st != expect:
+            return False
+        expect = st * n
+    return True
+
+
+def _first_matrix(a):
+    """The first matrix of `a` (its last two axes), as a view."""
+    return a[(0,) * (a.ndim - 2)] if a.ndim > 2 else a
+
+
+def _item_offsets(a):
+    """The element offset of each matrix of `a` (over its leading axes, row-major order) from
+    the first one, as int64; False when a stride is negative or not a whole element."""
+    lead, strides = a.shape[:-2], a.strides[:-2]
+    if any(st < 0 or st % 4 for st in strides):
+        return False
+    off = np.zeros(1, np.int64)
+    for n, st in zip(lead, strides):
+        off = (off[:, None] + np.arange(n, dtype=np.int64) * (st // 4)).reshape(-1)
+    return off
 
 
 class CKernels:
@@ -191,29 +233,26 @@ class CKernels:
                 or (b.ndim > 2 and a.shape[:-2] != b.shape[:-2])):
             return super()._mm(a, b, out)
         m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-        lead = a.shape[:-2]
-        if b.ndim == 2:  # (..., M, K) @ (K, N): one product of (prod(...) M, K) rows
-            a3, b3, batch = a.reshape(1, -1, k), b.reshape(1, k, n), 1
-            rows = a3.shape[1]
-        else:
-            a3, b3 = a.reshape((-1, m, k)), b.reshape((-1, k, n))
-            batch, rows = a3.shape[0], m
-        la, lb = _blas_layout(a3), _blas_layout(b3)
-        if la is None:
-            a3 = np.ascontiguousarray(a3)
-            la = _blas_layout(a3)
-        if lb is None:
-            b3 = np.ascontiguousarray(b3)
-            lb = _blas_layout(b3)
-        shape = lead + (m, n)
+        shape = a.shape[:-2] + (m, n)
         if out is None:
             out = np.empty(shape, dtype=np.float32)
         elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             return super()._mm(a, b, out)
-        sc = rows * n if batch > 1 else 0
-        lib.gemm(la[0], lb[0], batch, rows, n, k, _ptr(a3), la[1], la[2] if batch > 1 else 0,
-                 _ptr(b3), lb[1], lb[2] if batch > 1 else 0, 0.0, _ptr(out), n, sc,
-                 self._threads.threads)
+        oa = ob = None
+        if b.ndim == 2 and a.ndim > 2 and _merges(a):  # (..., M, K) @ (K, N): one product
+            batch, rows, a2, b2 = 1, a.size // k, a.reshape(-1, k), b
+        else:  # products over the leading axes, each operand read where it lies
+            batch, rows = a.size // (m * k), m
+            a2, b2 = _first_matrix(a), _first_matrix(b)
+            oa = _item_offsets(a)
+            ob = _item_offsets(b) if b.ndim > 2 else np.zeros(batch, np.int64)
+        la, lb = _blas_layout(a2), _blas_layout(b2)
+        if la is None or lb is None or (oa is not None and (oa is False or ob is False)):
+            return super()._mm(a, b, out)
+        lib.gemm(la[0], lb[0], batch, rows, n, k, _ptr(a2), la[1], 0,
+                 None if oa is None else _ptr(oa), _ptr(b2), lb[1], 0,
+                 None if ob is None else _ptr(ob), 0.0, _ptr(out), n,
+                 rows * n if batch > 1 else 0, self._threads.threads)
         return out
 
     # ---- ReLU -----------------------------------------------------------------------------
@@ -244,143 +283,138 @@ class CKernels:
         lib.relu_grad(_ptr(gn), _ptr(yn), _ptr(dx), yn.size, self._parts(yn.size))
         return self._wrap(dx) if out is None else out
 
-    # ---- convolution windows: blocks of images --------------------------------------------
-    def _im2col_into(self, a, cols, stride, ph, pw):
+    # ---- elementwise ----------------------------------------------------------------------
+    def _ewise(self, op: str, a, b, out=None):
+        """a op b (op: add sub mul div rsub rdiv) for a float32 array `a` and a number or a
+        float32 array of a's shape and strides, into a new array of a's layout (or `out`,
+        of that layout too); None when it does not apply (NumPy's ufunc then runs)."""
         lib = self._lib()
-        if lib is None or a.dtype != np.float32 or not cols.flags.c_contiguous or ph != pw:
-            return super()._im2col_into(a, cols, stride, ph, pw)
-        a = np.ascontiguousarray(a)
-        n, h, w, c = a.shape
-        ho, wo, kh, kw = cols.shape[1:5]
-        lib.im2col(_ptr(a), _ptr(cols), n, h, w, c, kh, kw, stride, ph, ho, wo,
-                   self._parts(cols.size))
-
-    def _col2im(self, d, dx, s, p):
-        lib = self._lib()
-        if lib is None or not (_ok(dx) and d.dtype == np.float32):
-            return super()._col2im(d, dx, s, p)
-        d = np.ascontiguousarray(d)
-        n, ho, wo, kh, kw, c = d.shape
-        lib.col2im(_ptr(d), _ptr(dx), n, dx.shape[1], dx.shape[2], c, kh, kw, s, p, ho, wo,
-                   self._parts(d.size))
-
-    # ---- direct convolution ---------------------------------------------------------------
-    def _direct(self, lib, x, w) -> bool:
-        """Whether the C kernels run this convolution: float32 operands and a multiple of
-        16 output channels (the kernels' vector width)."""
-        return (lib is not None and x.dtype == np.float32 and w.dtype == np.float32
-                and w.shape[3] % 16 == 0)
-
-    def _padded(self, lib, a, p: int):
-        """NHWC native `a` zero-padded by p on H and W, C-contiguous (a copy, or `a`)."""
-        a = np.ascontiguousarray(a)
-        if p == 0:
-            return a
-        n, h, w, c = a.shape
-        out = np.empty((n, h + 2 * p, w + 2 * p, c), dtype=a.dtype)
-        lib.pad_nhwc(_ptr(a), _ptr(out), n, h, w, c, p, self._parts(out.size))
+        if lib is None or a.dtype != np.float32:
+            return None
+        order = _dense_order(a)
+        if order is None:
+            return None
+        if isinstance(b, np.ndarray):
+            if b.dtype != np.float32 or b.shape != a.shape or b.strides != a.strides:
+                return None
+            bp, s = _ptr(b), 0.0
+        elif isinstance(b, (float, int)) and not isinstance(b, bool):
+            bp, s = None, b
+        else:
+            return None
+        if out is None:
+            out = np.empty_like(a)
+        elif out.strides != a.strides or out.shape != a.shape:
+            return None
+        lib.binary(_EWISE_OPS[op], _ptr(a), bp, s, _ptr(out), a.size, self._parts(a.size))
         return out
 
-    def conv_forward(self, x, w, bias, stride, padding):
+    def _adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
+                     decoupled=False):
         lib = self._lib()
-        if not self._direct(lib, x, w):
-            return super().conv_forward(x, w, bias, stride, padding)
-        kh, kw, cin, cout = w.shape
-        xpad = self._padded(lib, x._array, padding)
-        n, hp, wp = xpad.shape[:3]
-        ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
-        wn = np.ascontiguousarray(w._array)
-        bn = None if bias is None else np.ascontiguousarray(bias._array.reshape(cout),
-                                                            dtype=np.float32)
-        out = np.empty((n, ho, wo, cout), dtype=np.float32)
-        lib.conv_fwd(_ptr(xpad), _ptr(wn), None if bn is None else _ptr(bn), _ptr(out), n,
-                     hp, wp, cin, kh, kw, cout, stride, ho, wo,
-                     self._parts(out.size * kh * kw * cin // 16))
-        return self._wrap(out), self._wrap(xpad)
+        if lib is None or not (_ok(w, g, m, v) and w.size == g.size == m.size == v.size):
+            return super()._adam_update(w, g, m, v, lr, beta1, beta2, eps, step,
+                                        weight_decay, decoupled)
+        lib.adam(_ptr(w), _ptr(g), _ptr(m), _ptr(v), w.size, lr, beta1, beta2, eps,
+                 weight_decay, int(bool(decoupled) and bool(weight_decay)),
+                 1.0 - beta1 ** step, 1.0 - beta2 ** step, self._parts(w.size))
 
-    def conv_saved(self, x, w, stride, padding):
-        lib = self._lib()
-        if not self._direct(lib, x, w):
-            return super().conv_saved(x, w, stride, padding)
-        return self._wrap(self._padded(lib, x._array, padding))
+    # ---- softmax and softmax cross-entropy ------------------------------------------------
+    @staticmethod
+    def _labels(labels, z):
+        """labels as contiguous int64 (the base kernels' cast) when they index the rows of
+        z in range, else None (the base kernels then raise their own error)."""
+        if labels.ndim != 1 or labels.shape[0] != z.shape[0] or labels.size == 0:
+            return None
+        lab = np.ascontiguousarray(labels, dtype=np.int64)
+        return lab if 0 <= lab.min() and lab.max() < z.shape[1] else None
 
-    def conv_weight_grad(self, saved, g, w_shape, stride, padding):
+    def _softmax_cross_entropy_fwd(self, z, labels):
         lib = self._lib()
-        if saved.ndim != 4 or lib is None:  # an im2col matrix (the base class's form)
-            return super().conv_weight_grad(saved, g, w_shape, stride, padding)
-        xpad = saved._array
-        gn = np.ascontiguousarray(g._array, dtype=np.float32)
-        kh, kw, cin, cout = w_shape
-        n, hp, wp = xpad.shape[:3]
-        ho, wo = gn.shape[1:3]
-        size = kh * kw * cin * cout
-        dw = np.empty(size + cout, dtype=np.float32)  # the kernel's room for a bias sum
-        lib.conv_wgrad(_ptr(xpad), _ptr(gn), _ptr(dw), None, n, hp, wp, cin, kh, kw, cout,
-                       stride, ho, wo, self._parts(gn.size * kh * kw * cin // 16))
-        return self._wrap(dw[:size].reshape(w_shape))
+        lab = None if lib is None or z.ndim != 2 or not _ok(z) else self._labels(labels, z)
+        if lab is None:
+            return super()._softmax_cross_entropy_fwd(z, labels)
+        n, k = z.shape
+        lse, rows = np.empty(n, np.float32), np.empty(n, np.float32)
+        if lib.softmax_ce_fwd(_ptr(z), _ptr(lab), _ptr(lse), _ptr(rows), n, k,
+                              self._parts(z.size)):
+            return super()._softmax_cross_entropy_fwd(z, labels)
+        return np.asarray(rows.mean(), dtype=np.float32), lse
 
-    def conv_input_grad(self, g, w, shape, stride, padding):
+    def _softmax_cross_entropy_bwd(self, z, labels, lse, g):
         lib = self._lib()
-        kh, kw, cin, cout = w.shape
-        if (lib is None or g.dtype != np.float32 or w.dtype != np.float32
-                or (cin % 16 != 0 and (cin >= 16 or cout % 16 != 0))):
-            return super().conv_input_grad(g, w, shape, stride, padding)
-        gn = np.ascontiguousarray(g._array)
-        n, h, wd = shape[:3]
-        ho, wo = gn.shape[1:3]
-        dx = np.empty((n, h, wd, cin), dtype=np.float32)
-        dims = (n, h, wd, padding, cin, kh, kw, cout, stride, ho, wo,
-                self._parts(gn.size * kh * kw * cin // 16))
-        if cin % 16 == 0:
-            wt = np.ascontiguousarray(w._array.transpose(0, 1, 3, 2))  # (KH, KW, C_out, C)
-            lib.conv_dgrad(_ptr(gn), _ptr(wt), _ptr(dx), *dims)
-        else:
-            wn = np.ascontiguousarray(w._array)
-            lib.conv_dgrad_small(_ptr(gn), _ptr(wn), _ptr(dx), *dims)
-        return self._wrap(dx)
+        lab = (None if lib is None or z.ndim != 2 or not _ok(z, lse)
+               else self._labels(labels, z))
+        if lab is None:
+            return super()._softmax_cross_entropy_bwd(z, labels, lse, g)
+        n, k = z.shape
+        out = np.empty_like(z)
+        lib.softmax_ce_bwd(_ptr(z), _ptr(lab), _ptr(lse), float(g) / n, _ptr(out), n, k,
+                           self._parts(z.size))
+        return out
 
-    # ---- batch norm over channels-last rows -----------------------------------------------
-    def _batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
+    def softmax(self, x, axes):
         lib = self._lib()
-        x2 = None if lib is None else self._rows_by_channel(x, axes)
-        if x2 is None or not _ok(x2):
-            return super()._batch_norm_fwd(x, weight, bias, eps, axes)
-        rows, c = x2.shape
-        parts = self._parts(x2.size)
-        mean64, var64 = np.empty(c), np.empty(c)
-        if lib.bn_stats(_ptr(x2), rows, c, _ptr(mean64), _ptr(var64), parts):
-            raise MemoryError("batch_norm: out of memory for the partial sums")
-        mean, var = mean64.astype(np.float32), var64.astype(np.float32)
-        rstd = (1.0 / np.sqrt(var64 + eps)).astype(np.float32)
-        scale = rstd if weight is None else np.ascontiguousarray(rstd * weight.reshape(c))
-        shift = (np.zeros(c, np.float32) if bias is None
-                 else np.ascontiguousarray(bias.reshape(c), dtype=np.float32))
-        scale = scale.astype(np.float32, copy=False)
-        y = np.empty_like(x2)
-        lib.bn_apply(_ptr(x2), _ptr(y), rows, c, _ptr(mean), _ptr(scale), _ptr(shift), parts)
-        return self._as_layout(y, x), mean, rstd, var
+        a = x._array
+        if (lib is None or axes is None or tuple(axes) != (a.ndim - 1,) or a.size == 0
+                or not _ok(a)):
+            return super().softmax(x, axes)
+        out = np.empty_like(a)
+        k = a.shape[-1]
+        if lib.softmax_rows(_ptr(a), _ptr(out), a.size // k, k, self._parts(a.size)):
+            return super().softmax(x, axes)
+        return self._wrap(out)
 
-    def _batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
+    # ---- layer norm -----------------------------------------------------------------------
+    def _layer_norm_fwd(self, x, weight=None, bias=None, eps=1e-5):
         lib = self._lib()
-        x2 = None if lib is None else self._rows_by_channel(x, axes)
-        dy2 = None if x2 is None else self._rows_by_channel(dy, axes)
-        if dy2 is None or not _ok(x2, dy2, mean, rstd):
-            return super()._batch_norm_bwd(dy, x, mean, rstd, weight, axes)
-        rows, c = x2.shape
-        parts = self._parts(x2.size)
-        mean, rstd = mean.reshape(c), rstd.reshape(c)
-        db64, dw64 = np.empty(c), np.empty(c)
-        if lib.bn_bwd_sums(_ptr(dy2), _ptr(x2), rows, c, _ptr(mean), _ptr(rstd),
-                           _ptr(db64), _ptr(dw64), parts):
-            raise MemoryError("batch_norm: out of memory for the partial sums")
-        db, dw = db64.astype(np.float32), dw64.astype(np.float32)
-        scale = rstd if weight is None else rstd * weight.reshape(c)
-        scale = np.ascontiguousarray(scale, dtype=np.float32)
-        mdb, mdw = db / np.float32(rows), dw / np.float32(rows)
-        dx = np.empty_like(x2)
-        lib.bn_bwd_dx(_ptr(dy2), _ptr(x2), _ptr(dx), rows, c, *(
-            _ptr(v) for v in (mean, rstd, scale, mdb, mdw)), parts)
-        dx = self._as_layout(dx, x)
-        if weight is None:
-            return dx, None, None
-        return dx, dw.reshape(weight.shape), db.reshape(weight.shape)
+        if (lib is None or x.ndim == 0 or not _ok(x)
+                or (weight is not None and not _ok(weight))
+                or (bias is not None and not _ok(bias))):
+            return super()._layer_norm_fwd(x, weight, bias, eps)
+        d = x.shape[-1]
+        rows = x.size // d
+        y = np.empty_like(x)
+        mean, rstd = np.empty(rows, np.float32), np.empty(rows, np.float32)
+        lib.layer_norm_fwd(_ptr(x), None if weight is None else _ptr(weight),
+                           None if bias is None else _ptr(bias), _ptr(y), _ptr(mean),
+                           _ptr(rstd), rows, d, eps, self._parts(x.size))
+        lead = x.shape[:-1]
+        return y, mean.reshape(lead), rstd.reshape(lead)
+
+    def _layer_norm_bwd(self, dy, x, mean, rstd, weight=None):
+        lib = self._lib()
+        if (lib is None or x.ndim == 0 or not _ok(dy, x, mean, rstd)
+                or dy.shape != x.shape or (weight is not None and not _ok(weight))):
+            return super()._layer_norm_bwd(dy, x, mean, rstd, weight)
+        d = x.shape[-1]
+        rows = x.size // d
+        dx = np.empty_like(x)
+        dw = db = None
+        if weight is not None:
+            dw, db = np.empty(d, np.float32), np.empty(d, np.float32)
+        if lib.layer_norm_bwd(_ptr(dy), _ptr(x), _ptr(mean), _ptr(rstd),
+                              None if weight is None else _ptr(weight), _ptr(dx),
+                              None if dw is None else _ptr(dw),
+                              None if db is None else _ptr(db), rows, d, self._parts(x.size)):
+            raise MemoryError("layer_norm: out of memory for the partial sums")
+        return dx, dw, db
+
+    # ---- embeddings -------------------------------------------------------------------------
+    def embedding_scatter(self, g, ids, num: int):
+        lib = self._lib()
+        gn, idn = g._array, ids._array
+        d = gn.shape[-1] if gn.ndim else 0
+        if (lib is None or gn.dtype != np.float32 or idn.dtype.kind not in "iu" or d == 0
+                or idn.size * d != gn.size or idn.size == 0
+                or not (0 <= idn.min() and idn.max() < num)):
+            return super().embedding_scatter(g, ids, num)
+        gc = np.ascontiguousarray(gn)
+        idc = np.ascontiguousarray(idn, dtype=np.int64)
+        out = np.zeros((num, d), dtype=np.float32)
+        lib.embedding_scatter(_ptr(gc), _ptr(idc), _ptr(out), idc.size, d,
+                              self._parts(gc.size))
+        return self._wrap(out)
+
+
+_EWISE_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "rsub": 4, "rdiv": 5}

@@ -13,6 +13,7 @@ import numpy as np
 from .comm_kernels import CommKernels
 from .conv_kernels import ConvKernels
 from .cpu_c import CKernels
+from .cpu_c_conv import CConvKernels
 from .cpu_parallel import ParallelCPUKernels, RowThreads, keep_freed_memory
 from .seq_kernels import SequenceKernels
 
@@ -163,6 +164,22 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         """Native matrix product `a @ b` (NumPy's matmul semantics), into `out` when given;
         every product of the device's kernels goes through it (cpu(): needle's threads)."""
         return self.xp.matmul(a, b, out=out)
+
+    def _ewise(self, op: str, a, b, out=None):
+        """A device's own kernel for the native `a op b` of a large array (op: add sub mul
+        div rsub rdiv), or None: NDArray then calls the array module's ufunc. None here."""
+        return None
+
+    def softmax(self, x, axes):
+        """exp(x) / sum(exp(x)) over `axes` (a tuple), stably; a slice that is all -inf gives
+        zeros, not nan."""
+        xp = self.xp
+        a = x._array
+        m = a.max(axis=axes, keepdims=True)
+        e = xp.exp(a - xp.where(xp.isfinite(m), m, 0))
+        s = e.sum(axis=axes, keepdims=True)
+        e /= xp.where(s == 0, 1, s)
+        return self._wrap(e)
 
     def relu(self, x, out=None):
         """max(x, 0), in the layout of x (a NaN stays NaN); into the NDArray `out` when
@@ -399,7 +416,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         w -= tmp2
 
 
-class CPUDevice(CKernels, ParallelCPUKernels, Device):
+class CPUDevice(CConvKernels, CKernels, ParallelCPUKernels, Device):
     """The CPU backend over NumPy (and the BLAS NumPy links); its large row-wise kernels run
     on several threads (cpu_parallel.py), conv windows and batch norm in C (cpu_c.py)."""
 

@@ -17,6 +17,8 @@ import numpy as np
 from . import special as _special
 from .device import Device, cpu, default_device
 
+_EWISE_MIN = 1 << 15  # elements from which an operator asks the device for its own kernel
+
 
 class Handle:
     """The flat buffer behind an NDArray and all of its views."""
@@ -213,20 +215,30 @@ class NDArray:
         self._array[...] = other
         return self
 
+    # Large arrays first ask the device for its own kernel (`Device._ewise`: cpu() runs its C
+    # threads over arrays of one layout), else the array module's operator runs.
     def __iadd__(self, other):
-        self._array += other._array if isinstance(other, NDArray) else other
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        if a.size < _EWISE_MIN or self._device._ewise("add", a, o, a) is None:
+            a += o
         return self
 
     def __isub__(self, other):
-        self._array -= other._array if isinstance(other, NDArray) else other
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        if a.size < _EWISE_MIN or self._device._ewise("sub", a, o, a) is None:
+            a -= o
         return self
 
     def __imul__(self, other):
-        self._array *= other._array if isinstance(other, NDArray) else other
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        if a.size < _EWISE_MIN or self._device._ewise("mul", a, o, a) is None:
+            a *= o
         return self
 
     def __itruediv__(self, other):
-        self._array /= other._array if isinstance(other, NDArray) else other
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        if a.size < _EWISE_MIN or self._device._ewise("div", a, o, a) is None:
+            a /= o
         return self
 
     # ---- layout ------------------------------------------------------------------------
@@ -331,30 +343,38 @@ class NDArray:
 
     # ---- elementwise -------------------------------------------------------------------
     def __add__(self, other):
-        o = other._array if isinstance(other, NDArray) else other
-        return NDArray._wrap(self._array + o, self._device)
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        r = self._device._ewise("add", a, o) if a.size >= _EWISE_MIN else None
+        return NDArray._wrap(a + o if r is None else r, self._device)
 
     __radd__ = __add__
 
     def __sub__(self, other):
-        o = other._array if isinstance(other, NDArray) else other
-        return NDArray._wrap(self._array - o, self._device)
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        r = self._device._ewise("sub", a, o) if a.size >= _EWISE_MIN else None
+        return NDArray._wrap(a - o if r is None else r, self._device)
 
     def __rsub__(self, other):
-        return NDArray._wrap(other - self._array, self._device)
+        a = self._array
+        r = self._device._ewise("rsub", a, other) if a.size >= _EWISE_MIN else None
+        return NDArray._wrap(other - a if r is None else r, self._device)
 
     def __mul__(self, other):
-        o = other._array if isinstance(other, NDArray) else other
-        return NDArray._wrap(self._array * o, self._device)
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        r = self._device._ewise("mul", a, o) if a.size >= _EWISE_MIN else None
+        return NDArray._wrap(a * o if r is None else r, self._device)
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        o = other._array if isinstance(other, NDArray) else other
-        return NDArray._wrap(self._array / o, self._device)
+        o, a = other._array if isinstance(other, NDArray) else other, self._array
+        r = self._device._ewise("div", a, o) if a.size >= _EWISE_MIN else None
+        return NDArray._wrap(a / o if r is None else r, self._device)
 
     def __rtruediv__(self, other):
-        return NDArray._wrap(other / self._array, self._device)
+        a = self._array
+        r = self._device._ewise("rdiv", a, other) if a.size >= _EWISE_MIN else None
+        return NDArray._wrap(other / a if r is None else r, self._device)
 
     def __neg__(self):
         return NDArray._wrap(-self._array, self._device)
@@ -478,67 +498,6 @@ class NDArray:
             self._device)
 
 
-# ---- module-level functions (the course's backend_ndarray API) ---------------------------
-def array(a, dtype="float32", device=None) -> NDArray:
-    """A copy of `a` on `device` as an NDArray of `dtype` (float32 unless given)."""
-    dtype = "float32" if dtype is None else dtype
-    if isinstance(a, NDArray):
-        return NDArray(a, device=device or a.device, dtype=dtype)
-    return NDArray(np.asarray(a, dtype=dtype), device=device)
-
-
-def empty(shape, dtype="float32", device=None) -> NDArray:
-    return (device or default_device()).empty(shape, dtype=dtype)
-
-
-def full(shape, fill_value, dtype="float32", device=None) -> NDArray:
-    return (device or default_device()).full(shape, fill_value, dtype=dtype)
-
-
-def broadcast_to(a: NDArray, shape) -> NDArray:
-    return a.broadcast_to(shape)
-
-
-def reshape(a: NDArray, shape) -> NDArray:
-    return a.reshape(shape)
-
-
-def maximum(a: NDArray, b) -> NDArray:
-    return a.maximum(b)
-
-
-def log(a: NDArray) -> NDArray:
-    return a.log()
-
-
-def exp(a: NDArray) -> NDArray:
-    return a.exp()
-
-
-def tanh(a: NDArray) -> NDArray:
-    return a.tanh()
-
-
-def sum(a: NDArray, axis=None, keepdims=False) -> NDArray:  # noqa: A001 (course name)
-    return a.sum(axis=axis, keepdims=keepdims)
-
-
-def flip(a: NDArray, axes) -> NDArray:
-    return a.flip(axes)
-
-
-def stack(arrays, axis=0) -> NDArray:
-    return arrays[0].device.stack(arrays, axis)
-
-
-def concatenate(arrays, axis=0) -> NDArray:
-    return arrays[0].device.concatenate(arrays, axis)
-
-
-def where(cond: NDArray, a, b) -> NDArray:
-    return cond.device.where(cond, a, b)
-
-
 def stable_sigmoid(xp, a):
     """The logistic function of a native array `a` (the one formula every kernel uses)."""
     return 0.5 * (xp.tanh(0.5 * a) + 1.0)
@@ -561,11 +520,6 @@ def _axes(axes):
     if axes is None or isinstance(axes, int):
         return axes
     return tuple(axes)
-
-
-def einsum(subscripts: str, *arrays: NDArray) -> NDArray:
-    """Einstein summation over NDArrays of one device (`np.einsum`'s subscripts)."""
-    return arrays[0].device.einsum(subscripts, *arrays)
 
 
 class ArrayNode(NDArray):
@@ -594,6 +548,4 @@ def is_scalar(x) -> bool:
     return isinstance(x, Number)
 
 
-__all__ = ["NDArray", "ArrayNode", "Handle", "einsum", "array", "empty", "full", "broadcast_to",
-           "reshape", "maximum", "log", "exp", "tanh", "sum", "flip", "stack", "concatenate",
-           "where", "cpu"]
+__all__ = ["NDArray", "ArrayNode", "Handle", "cpu"]

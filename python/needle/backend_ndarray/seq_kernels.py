@@ -27,7 +27,7 @@ class SequenceKernels:
         hs = xp.empty(x.shape, dtype=x.dtype)
         for t in range(x.shape[0]):
             a = hs[t]
-            xp.matmul(h, w, out=a)
+            self._mm(h, w, out=a)
             a += x[t]
             if relu:
                 xp.maximum(a, 0, out=a)
@@ -39,7 +39,6 @@ class SequenceKernels:
     def rnn_bwd(self, g, g_last, hs, w_hh, h0, relu: bool = False):
         """(dxw, dW_hh, dh0) of `rnn_fwd` for the gradients of the outputs g (T, B, H) and
         of the last state g_last (B, H) (either may be None: zero)."""
-        xp = self.xp
         h, w = hs._array, w_hh._array
         gn = None if g is None else g._array
         # the activation's derivative at every step, from the outputs
@@ -51,7 +50,7 @@ class SequenceKernels:
                 dh += gn[t]
             d = dpre[t]
             d *= dh
-            xp.matmul(d, wt, out=dh)
+            self._mm(d, wt, out=dh)
         return self._wrap(dpre), self._wrap(self._hidden_grad(dpre, h, h0._array)), \
             self._wrap(dh)
 
@@ -64,9 +63,9 @@ class SequenceKernels:
     def _hidden_grad(self, d, hs, h0):
         """sum_t h_{t-1}^T d_t, the gradient of W_hh, without concatenating h0 and hs."""
         hid = hs.shape[2]
-        dw = h0.T @ d[0]
+        dw = self._mm(h0.T, d[0])
         if hs.shape[0] > 1:
-            dw += hs[:-1].reshape(-1, hid).T @ d[1:].reshape(-1, d.shape[2])
+            dw += self._mm(hs[:-1].reshape(-1, hid).T, d[1:].reshape(-1, d.shape[2]))
         return dw
 
     # ---- LSTM ------------------------------------------------------------------------------
@@ -99,7 +98,7 @@ class SequenceKernels:
         hw = xp.empty((batch, width), dtype=x.dtype)
         for t in range(steps):
             a = acts[t]
-            xp.matmul(h, ws, out=hw)
+            self._mm(h, ws, out=hw)
             a += hw
             xp.tanh(a, out=a)
             a *= scale
@@ -149,7 +148,7 @@ class SequenceKernels:
             xp.multiply(m3[t], dc[:, None, :], out=d3[t])
             xp.multiply(m[t, :, 3 * hid:], dh, out=dgates[t, :, 3 * hid:])
             dc *= f[t]
-            xp.matmul(dgates[t], wt, out=dh)
+            self._mm(dgates[t], wt, out=dh)
         dw = self._hidden_grad(dgates, h, h0._array)
         return self._wrap(dgates), self._wrap(dw), self._wrap(dh), self._wrap(dc)
 
@@ -166,7 +165,7 @@ class SequenceKernels:
         hhn = xp.empty_like(hs)
         hh = xp.empty((batch, width), dtype=x.dtype)
         for t in range(steps):
-            xp.matmul(h, w, out=hh)
+            self._mm(h, w, out=hh)
             hh += b
             a = acts[t]
             rz = a[:, :2 * hid]
@@ -211,7 +210,7 @@ class SequenceKernels:
             xp.multiply(dn, m_r[t], out=dhh[t, :, :hid])
             xp.multiply(dn, r[t], out=dhh[t, :, 2 * hid:])
             dh *= z[t]
-            xp.matmul(dhh[t], wt, out=tmp)
+            self._mm(dhh[t], wt, out=tmp)
             dh += tmp
         dx[..., :2 * hid] = dhh[..., :2 * hid]
         dw = self._hidden_grad(dhh, h, h0._array)
@@ -235,7 +234,7 @@ class SequenceKernels:
         """softmax(q k^T * scale + mask) over the last axis, stably; fully masked rows give
         zeros, not nan. q (..., L, E), k (..., S, E), mask additive (broadcastable) or None."""
         return self._wrap(_probs(self.xp, q._array, k._array,
-                                 None if mask is None else mask._array, scale))
+                                 None if mask is None else mask._array, scale, self._mm))
 
     def attention_fwd(self, q, k, v, mask, scale: float, blocks=None):
         """(out (..., L, Ev), *probs): softmax(q k^T * scale + mask) v and the attention
@@ -248,13 +247,14 @@ class SequenceKernels:
         qn, kn, vn = q._array, k._array, v._array
         mn = None if mask is None else mask._array
         if blocks is None:
-            p = _probs(xp, qn, kn, mn, scale)
-            return self._wrap(p @ vn), self._wrap(p)
+            p = _probs(xp, qn, kn, mn, scale, self._mm)
+            return self._wrap(self._mm(p, vn)), self._wrap(p)
         out = xp.empty(qn.shape[:-1] + (vn.shape[-1],), dtype=qn.dtype)
         probs = []
         for r0, r1 in blocks:
-            p = _probs(xp, qn[..., r0:r1, :], kn[..., :r1, :], mn[r0:r1, :r1], scale)
-            out[..., r0:r1, :] = p @ vn[..., :r1, :]
+            p = _probs(xp, qn[..., r0:r1, :], kn[..., :r1, :], mn[r0:r1, :r1], scale,
+                       self._mm)
+            out[..., r0:r1, :] = self._mm(p, vn[..., :r1, :])
             probs.append(self._wrap(p))
         return (self._wrap(out), *probs)
 
@@ -265,9 +265,9 @@ class SequenceKernels:
         gn, qn, kn, vn = g._array, q._array, k._array, v._array
         if blocks is None:
             p = probs[0]._array
-            dv = xp.swapaxes(p, -1, -2) @ gn
-            ds = _scores_grad(xp, gn @ xp.swapaxes(vn, -1, -2), p, scale)
-            return (self._wrap(ds @ kn), self._wrap(xp.swapaxes(ds, -1, -2) @ qn),
+            dv = self._mm(xp.swapaxes(p, -1, -2), gn)
+            ds = _scores_grad(xp, self._mm(gn, xp.swapaxes(vn, -1, -2)), p, scale)
+            return (self._wrap(self._mm(ds, kn)), self._wrap(self._mm(xp.swapaxes(ds, -1, -2), qn)),
                     self._wrap(dv))
         dq = xp.empty_like(qn)
         dk = xp.zeros_like(kn)
@@ -275,10 +275,10 @@ class SequenceKernels:
         for (r0, r1), p in zip(blocks, probs):
             p = p._array
             gb = gn[..., r0:r1, :]
-            dv[..., :r1, :] += xp.swapaxes(p, -1, -2) @ gb
-            ds = _scores_grad(xp, gb @ xp.swapaxes(vn[..., :r1, :], -1, -2), p, scale)
-            dq[..., r0:r1, :] = ds @ kn[..., :r1, :]
-            dk[..., :r1, :] += xp.swapaxes(ds, -1, -2) @ qn[..., r0:r1, :]
+            dv[..., :r1, :] += self._mm(xp.swapaxes(p, -1, -2), gb)
+            ds = _scores_grad(xp, self._mm(gb, xp.swapaxes(vn[..., :r1, :], -1, -2)), p, scale)
+            dq[..., r0:r1, :] = self._mm(ds, kn[..., :r1, :])
+            dk[..., :r1, :] += self._mm(xp.swapaxes(ds, -1, -2), qn[..., r0:r1, :])
         return self._wrap(dq), self._wrap(dk), self._wrap(dv)
 
     # ---- embeddings ------------------------------------------------------------------------
@@ -325,8 +325,8 @@ def _sigmoid_(xp, a):
     return a
 
 
-def _probs(xp, q, k, mask, scale):
-    s = q @ xp.swapaxes(k, -1, -2)
+def _probs(xp, q, k, mask, scale, mm):
+    s = mm(q, xp.swapaxes(k, -1, -2))
     s *= scale
     if mask is not None:
         s += mask

@@ -18,13 +18,6 @@ def _stable_max(z: NDArray, axes) -> NDArray:
     return m
 
 
-def _softmax(z: NDArray, axes) -> NDArray:
-    e = (z - _stable_max(z, axes).broadcast_to(z.shape)).exp()
-    s = e.sum(axis=axes, keepdims=True)
-    s = s + (s == 0)  # a row of all -inf has no mass: its softmax is 0, not nan
-    return e / s.broadcast_to(z.shape)
-
-
 class LogSumExp(TensorOp):
     """log(sum(exp(z))) over `axes` (int, tuple or None), reduced axes dropped."""
 
@@ -64,7 +57,7 @@ class Softmax(TensorOp):
         self.axes = axes
 
     def compute(self, z: NDArray):
-        return _softmax(z, normalize_axes("softmax", self.axes, z.ndim))
+        return z.device.softmax(z, normalize_axes("softmax", self.axes, z.ndim))
 
     def gradient(self, out_grad, node):
         axes = normalize_axes("softmax", self.axes, len(node.shape))

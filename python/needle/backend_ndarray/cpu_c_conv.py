@@ -1,0 +1,160 @@
+"""CPUDevice's C kernels for convolution and batch norm (csrc/conv.c, csrc/norm.c).
+
+Direct NHWC convolution (forward, weight and input gradients, vectorized over 16 output
+channels), im2col/col2im and zero padding over blocks of images, and batch norm over
+channels-last rows (one shifted float64 pass for the statistics). Each method falls back to
+the NumPy kernel of the next class (ParallelCPUKernels, Device) for what it does not take.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cpu_c import _ok, _ptr
+
+
+class CConvKernels:
+    """CPUDevice's C convolution and batch norm kernels; `_lib` and `_parts` come from
+    cpu_c.CKernels."""
+
+    __slots__ = ()
+
+    # ---- convolution windows: blocks of images --------------------------------------------
+    def _im2col_into(self, a, cols, stride, ph, pw):
+        lib = self._lib()
+        if lib is None or a.dtype != np.float32 or not cols.flags.c_contiguous or ph != pw:
+            return super()._im2col_into(a, cols, stride, ph, pw)
+        a = np.ascontiguousarray(a)
+        n, h, w, c = a.shape
+        ho, wo, kh, kw = cols.shape[1:5]
+        lib.im2col(_ptr(a), _ptr(cols), n, h, w, c, kh, kw, stride, ph, ho, wo,
+                   self._parts(cols.size))
+
+    def _col2im(self, d, dx, s, p):
+        lib = self._lib()
+        if lib is None or not (_ok(dx) and d.dtype == np.float32):
+            return super()._col2im(d, dx, s, p)
+        d = np.ascontiguousarray(d)
+        n, ho, wo, kh, kw, c = d.shape
+        lib.col2im(_ptr(d), _ptr(dx), n, dx.shape[1], dx.shape[2], c, kh, kw, s, p, ho, wo,
+                   self._parts(d.size))
+
+    # ---- direct convolution ---------------------------------------------------------------
+    def _direct(self, lib, x, w) -> bool:
+        """Whether the C kernels run this convolution: float32 operands and a multiple of
+        16 output channels (the kernels' vector width)."""
+        return (lib is not None and x.dtype == np.float32 and w.dtype == np.float32
+                and w.shape[3] % 16 == 0)
+
+    def _padded(self, lib, a, p: int):
+        """NHWC native `a` zero-padded by p on H and W, C-contiguous (a copy, or `a`)."""
+        a = np.ascontiguousarray(a)
+        if p == 0:
+            return a
+        n, h, w, c = a.shape
+        out = np.empty((n, h + 2 * p, w + 2 * p, c), dtype=a.dtype)
+        lib.pad_nhwc(_ptr(a), _ptr(out), n, h, w, c, p, self._parts(out.size))
+        return out
+
+    def conv_forward(self, x, w, bias, stride, padding):
+        lib = self._lib()
+        if not self._direct(lib, x, w):
+            return super().conv_forward(x, w, bias, stride, padding)
+        kh, kw, cin, cout = w.shape
+        xpad = self._padded(lib, x._array, padding)
+        n, hp, wp = xpad.shape[:3]
+        ho, wo = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+        wn = np.ascontiguousarray(w._array)
+        bn = None if bias is None else np.ascontiguousarray(bias._array.reshape(cout),
+                                                            dtype=np.float32)
+        out = np.empty((n, ho, wo, cout), dtype=np.float32)
+        lib.conv_fwd(_ptr(xpad), _ptr(wn), None if bn is None else _ptr(bn), _ptr(out), n,
+                     hp, wp, cin, kh, kw, cout, stride, ho, wo,
+                     self._parts(out.size * kh * kw * cin // 16))
+        return self._wrap(out), self._wrap(xpad)
+
+    def conv_saved(self, x, w, stride, padding):
+        lib = self._lib()
+        if not self._direct(lib, x, w):
+            return super().conv_saved(x, w, stride, padding)
+        return self._wrap(self._padded(lib, x._array, padding))
+
+    def conv_weight_grad(self, saved, g, w_shape, stride, padding):
+        lib = self._lib()
+        if saved.ndim != 4 or lib is None:  # an im2col matrix (the base class's form)
+            return super().conv_weight_grad(saved, g, w_shape, stride, padding)
+        xpad = saved._array
+        gn = np.ascontiguousarray(g._array, dtype=np.float32)
+        kh, kw, cin, cout = w_shape
+        n, hp, wp = xpad.shape[:3]
+        ho, wo = gn.shape[1:3]
+        size = kh * kw * cin * cout
+        dw = np.empty(size + cout, dtype=np.float32)  # the kernel's room for a bias sum
+        lib.conv_wgrad(_ptr(xpad), _ptr(gn), _ptr(dw), None, n, hp, wp, cin, kh, kw, cout,
+                       stride, ho, wo, self._parts(gn.size * kh * kw * cin // 16))
+        return self._wrap(dw[:size].reshape(w_shape))
+
+    def conv_input_grad(self, g, w, shape, stride, padding):
+        lib = self._lib()
+        kh, kw, cin, cout = w.shape
+        if (lib is None or g.dtype != np.float32 or w.dtype != np.float32
+                or (cin % 16 != 0 and (cin >= 16 or cout % 16 != 0))):
+            return super().conv_input_grad(g, w, shape, stride, padding)
+        gn = np.ascontiguousarray(g._array)
+        n, h, wd = shape[:3]
+        ho, wo = gn.shape[1:3]
+        dx = np.empty((n, h, wd, cin), dtype=np.float32)
+        dims = (n, h, wd, padding, cin, kh, kw, cout, stride, ho, wo,
+                self._parts(gn.size * kh * kw * cin // 16))
+        if cin % 16 == 0:
+            wt = np.ascontiguousarray(w._array.transpose(0, 1, 3, 2))  # (KH, KW, C_out, C)
+            lib.conv_dgrad(_ptr(gn), _ptr(wt), _ptr(dx), *dims)
+        else:
+            wn = np.ascontiguousarray(w._array)
+            lib.conv_dgrad_small(_ptr(gn), _ptr(wn), _ptr(dx), *dims)
+        return self._wrap(dx)
+
+    # ---- batch norm over channels-last rows -----------------------------------------------
+    def _batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
+        lib = self._lib()
+        x2 = None if lib is None else self._rows_by_channel(x, axes)
+        if x2 is None or not _ok(x2):
+            return super()._batch_norm_fwd(x, weight, bias, eps, axes)
+        rows, c = x2.shape
+        parts = self._parts(x2.size)
+        mean64, var64 = np.empty(c), np.empty(c)
+        if lib.bn_stats(_ptr(x2), rows, c, _ptr(mean64), _ptr(var64), parts):
+            raise MemoryError("batch_norm: out of memory for the partial sums")
+        mean, var = mean64.astype(np.float32), var64.astype(np.float32)
+        rstd = (1.0 / np.sqrt(var64 + eps)).astype(np.float32)
+        scale = rstd if weight is None else np.ascontiguousarray(rstd * weight.reshape(c))
+        shift = (np.zeros(c, np.float32) if bias is None
+                 else np.ascontiguousarray(bias.reshape(c), dtype=np.float32))
+        scale = scale.astype(np.float32, copy=False)
+        y = np.empty_like(x2)
+        lib.bn_apply(_ptr(x2), _ptr(y), rows, c, _ptr(mean), _ptr(scale), _ptr(shift), parts)
+        return self._as_layout(y, x), mean, rstd, var
+
+    def _batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
+        lib = self._lib()
+        x2 = None if lib is None else self._rows_by_channel(x, axes)
+        dy2 = None if x2 is None else self._rows_by_channel(dy, axes)
+        if dy2 is None or not _ok(x2, dy2, mean, rstd):
+            return super()._batch_norm_bwd(dy, x, mean, rstd, weight, axes)
+        rows, c = x2.shape
+        parts = self._parts(x2.size)
+        mean, rstd = mean.reshape(c), rstd.reshape(c)
+        db64, dw64 = np.empty(c), np.empty(c)
+        if lib.bn_bwd_sums(_ptr(dy2), _ptr(x2), rows, c, _ptr(mean), _ptr(rstd),
+                           _ptr(db64), _ptr(dw64), parts):
+            raise MemoryError("batch_norm: out of memory for the partial sums")
+        db, dw = db64.astype(np.float32), dw64.astype(np.float32)
+        scale = rstd if weight is None else rstd * weight.reshape(c)
+        scale = np.ascontiguousarray(scale, dtype=np.float32)
+        mdb, mdw = db / np.float32(rows), dw / np.float32(rows)
+        dx = np.empty_like(x2)
+        lib.bn_bwd_dx(_ptr(dy2), _ptr(x2), _ptr(dx), rows, c, *(
+            _ptr(v) for v in (mean, rstd, scale, mdb, mdw)), parts)
+        dx = self._as_layout(dx, x)
+        if weight is None:
+            return dx, None, None
+        return dx, dw.reshape(weight.shape), db.reshape(weight.shape)

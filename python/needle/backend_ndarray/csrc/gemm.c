@@ -1,0 +1,83 @@
+/* Matrix products (compiled after pool.c, one translation unit: see cpu_c.py). */
+
+/* ---- matrix products: the BLAS NumPy links, one thread per block ---------------------------- */
+/* The library's sgemm (CBLAS, row-major) is handed over by cpu_c.py; its own threads are
+   set to one, and the pool splits a product into blocks of rows or columns instead. */
+typedef void (*sgemm64_t)(int, int, int, int64_t, int64_t, int64_t, float, const float *,
+                          int64_t, const float *, int64_t, float, float *, int64_t);
+typedef void (*sgemm32_t)(int, int, int, int32_t, int32_t, int32_t, float, const float *,
+                          int32_t, const float *, int32_t, float, float *, int32_t);
+static void *blas_sgemm;
+static int blas_ilp64;
+
+void blas_configure(void *sgemm, int ilp64) {
+  blas_sgemm = sgemm;
+  blas_ilp64 = ilp64;
+}
+
+static void sgemm(int ta, int tb, ll M, ll N, ll K, const float *A, ll lda, const float *B,
+                  ll ldb, float beta, float *C, ll ldc) {
+  const int order = 101, nt = 111, t = 112; /* CblasRowMajor, CblasNoTrans, CblasTrans */
+  if (blas_ilp64)
+    ((sgemm64_t)blas_sgemm)(order, ta ? t : nt, tb ? t : nt, M, N, K, 1.0f, A, lda, B, ldb,
+                            beta, C, ldc);
+  else
+    ((sgemm32_t)blas_sgemm)(order, ta ? t : nt, tb ? t : nt, (int32_t)M, (int32_t)N,
+                            (int32_t)K, 1.0f, A, (int32_t)lda, B, (int32_t)ldb, beta, C,
+                            (int32_t)ldc);
+}
+
+typedef struct {
+  int ta, tb, by_cols;
+  ll M, N, K, lda, ldb, ldc, sa, sb, sc;  /* s*: element strides between batch items */
+  const ll *oa, *ob;                      /* or element offsets of each item (not NULL) */
+  const float *A, *B;
+  float *C;
+  float beta;
+} gemm_args;
+
+#define GEMM_UNIT 16 /* rows or columns per unit of work */
+
+static void gemm_task(const void *p, ll lo, ll hi, int part) {
+  const gemm_args *g = p;
+  (void)part;
+  if (g->sc) { /* a batch: whole products [lo, hi) */
+    for (ll i = lo; i < hi; ++i)
+      sgemm(g->ta, g->tb, g->M, g->N, g->K, g->A + (g->oa ? g->oa[i] : i * g->sa), g->lda,
+            g->B + (g->ob ? g->ob[i] : i * g->sb), g->ldb, g->beta, g->C + i * g->sc, g->ldc);
+    return;
+  }
+  if (g->by_cols) { /* columns [c0, c1) of op(B) and C */
+    const ll c0 = lo * GEMM_UNIT, c1 = hi * GEMM_UNIT < g->N ? hi * GEMM_UNIT : g->N;
+    if (c1 > c0)
+      sgemm(g->ta, g->tb, g->M, c1 - c0, g->K, g->A, g->lda, g->B + (g->tb ? c0 * g->ldb : c0),
+            g->ldb, g->beta, g->C + c0, g->ldc);
+  } else { /* rows [r0, r1) of op(A) and C */
+    const ll r0 = lo * GEMM_UNIT, r1 = hi * GEMM_UNIT < g->M ? hi * GEMM_UNIT : g->M;
+    if (r1 > r0)
+      sgemm(g->ta, g->tb, r1 - r0, g->N, g->K, g->A + (g->ta ? r0 : r0 * g->lda), g->lda,
+            g->B, g->ldb, g->beta, g->C + r0 * g->ldc, g->ldc);
+  }
+}
+
+/* C[i] = op(A[i]) op(B[i]) + beta C[i] for i < batch, row-major with leading dimensions
+   lda, ldb, ldc; item i of A starts at element oa[i] (or i sa when oa is NULL), of B at ob[i]
+   (or i sb), of C at i sc; op is a transpose when ta/tb. One product is split into blocks of
+   rows (or of columns when C is wider than tall), a batch into runs of whole products. -1
+   when no sgemm was configured. */
+int gemm(int ta, int tb, ll batch, ll M, ll N, ll K, const float *A, ll lda, ll sa,
+         const ll *oa, const float *B, ll ldb, ll sb, const ll *ob, float beta, float *C,
+         ll ldc, ll sc, int parts) {
+  if (!blas_sgemm) return -1;
+  gemm_args g = {ta, tb, N > M, M, N, K, lda, ldb, ldc, sa, sb, sc, oa, ob, A, B, C, beta};
+  if (batch > 1) {
+    par_run(gemm_task, &g, batch, parts);
+  } else {
+    g.sa = g.sb = g.sc = 0;
+    g.oa = g.ob = NULL;
+    const ll units = ((g.by_cols ? N : M) + GEMM_UNIT - 1) / GEMM_UNIT;
+    par_run(gemm_task, &g, units, parts);
+  }
+  return 0;
+}
+
