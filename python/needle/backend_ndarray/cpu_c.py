@@ -51,6 +51,8 @@ _SIGNATURES = {
     "layer_norm_fwd": ([_P, _P, _P, _P, _P, _P, _LL, _LL, ctypes.c_float, _I], None),
     "layer_norm_bwd": ([_P] * 8 + [_LL, _LL, _I], _I),
     "embedding_scatter": ([_P, _P, _P, _LL, _LL, _I], None),
+    "lstm_fwd": ([_P] * 8 + [_LL] * 3 + [_I], _I),
+    "lstm_bwd": ([_P] * 11 + [_LL] * 3 + [_I], _I),
     "bn_stats": ([_P, _LL, _LL, _P, _P, _I], _I),
     "bn_apply": ([_P, _P, _LL, _LL, _P, _P, _P, _I], None),
     "bn_bwd_sums": ([_P, _P, _LL, _LL, _P, _P, _P, _P, _I], _I),
@@ -416,5 +418,39 @@ class CKernels:
                               self._parts(gc.size))
         return self._wrap(out)
 
+
+    # ---- LSTM time loops ------------------------------------------------------------------
+    def lstm_fwd(self, xw, w_hh, h0, c0):
+        lib = self._lib()
+        x, w, h, c = xw._array, w_hh._array, h0._array, c0._array
+        if lib is None or not _GEMM[0] or x.ndim != 3 or not _ok(x, w, h, c):
+            return super().lstm_fwd(xw, w_hh, h0, c0)
+        steps, batch, width = x.shape
+        hid = width // 4
+        hs = np.empty((steps, batch, hid), np.float32)
+        cs, tcs, acts = np.empty_like(hs), np.empty_like(hs), np.empty_like(x)
+        lib.lstm_fwd(_ptr(x), _ptr(w), _ptr(h), _ptr(c), _ptr(hs), _ptr(cs), _ptr(tcs),
+                     _ptr(acts), steps, batch, hid, self._seq_parts(batch, x.size))
+        return self._wrap(hs), self._wrap(cs), self._wrap(tcs), self._wrap(acts)
+
+    def lstm_bwd(self, g_h, g_hl, g_cl, hs, cs, tcs, acts, w_hh, h0, c0):
+        lib = self._lib()
+        grads = [None if g is None else np.ascontiguousarray(g._array, dtype=np.float32)
+                 for g in (g_h, g_hl, g_cl)]
+        arrays = (cs._array, tcs._array, acts._array, w_hh._array, c0._array)
+        if lib is None or not _GEMM[0] or not _ok(*arrays):
+            return super().lstm_bwd(g_h, g_hl, g_cl, hs, cs, tcs, acts, w_hh, h0, c0)
+        steps, batch, hid = cs.shape
+        dgates = np.empty_like(arrays[2])
+        dh0, dc0 = np.empty((batch, hid), np.float32), np.empty((batch, hid), np.float32)
+        lib.lstm_bwd(*(None if g is None else _ptr(g) for g in grads),
+                     *(_ptr(a) for a in arrays), _ptr(dgates), _ptr(dh0), _ptr(dc0), steps,
+                     batch, hid, self._seq_parts(batch, dgates.size))
+        dw = self._hidden_grad(dgates, hs._array, h0._array)
+        return self._wrap(dgates), self._wrap(dw), self._wrap(dh0), self._wrap(dc0)
+
+    def _seq_parts(self, batch: int, size: int) -> int:
+        """Threads for a time loop split by batch rows (at least 8 rows each)."""
+        return max(1, min(self._parts(size), batch // 8))
 
 _EWISE_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "rsub": 4, "rdiv": 5}

@@ -81,3 +81,47 @@ int gemm(int ta, int tb, ll batch, ll M, ll N, ll K, const float *A, ll lda, ll 
   return 0;
 }
 
+
+/* ---- products of a few rows ---------------------------------------------------------------- */
+/* C (M, N) = A (M, K) B (K, N) + beta C, all row-major, N % 16 == 0: blocks of up to 8 rows x 32
+   columns in registers, k innermost, B read in place. For the steps of a recurrent layer (M a
+   few dozen rows, B a weight that stays in cache across the steps), where a BLAS call
+   repacks B every time. */
+AI void rows_block(const int mb, const int nv, const float *A, ll lda, const float *Bm, ll ldb,
+                   float beta, float *C, ll ldc, ll K) {
+  v16 acc[8][2];
+  for (int m = 0; m < mb; ++m)
+    for (int v = 0; v < nv; ++v)
+      acc[m][v] = beta != 0.0f ? beta * ld(C + m * ldc + 16 * v) : (v16){0};
+  for (ll k = 0; k < K; ++k) {
+    const v16 b0 = ld(Bm + k * ldb), b1 = nv > 1 ? ld(Bm + k * ldb + 16) : (v16){0};
+    for (int m = 0; m < mb; ++m) {
+      const float x = A[m * lda + k];
+      acc[m][0] += x * b0;
+      if (nv > 1) acc[m][1] += x * b1;
+    }
+  }
+  for (int m = 0; m < mb; ++m)
+    for (int v = 0; v < nv; ++v) st(C + m * ldc + 16 * v, acc[m][v]);
+}
+
+static void rows_gemm(ll M, ll N, ll K, const float *A, ll lda, const float *Bm, ll ldb,
+                      float beta, float *C, ll ldc) {
+  for (ll m0 = 0; m0 < M; m0 += 8) {
+    const int mb = M - m0 < 8 ? (int)(M - m0) : 8;
+    const float *Ar = A + m0 * lda;
+    float *Cr = C + m0 * ldc;
+    ll n0 = 0;
+    if (mb == 8) {
+      for (; n0 + 32 <= N; n0 += 32) rows_block(8, 2, Ar, lda, Bm + n0, ldb, beta, Cr + n0, ldc, K);
+      for (; n0 < N; n0 += 16) rows_block(8, 1, Ar, lda, Bm + n0, ldb, beta, Cr + n0, ldc, K);
+    } else {
+      for (; n0 + 32 <= N; n0 += 32)
+        for (int m = 0; m < mb; ++m)
+          rows_block(1, 2, Ar + m * lda, lda, Bm + n0, ldb, beta, Cr + m * ldc + n0, ldc, K);
+      for (; n0 < N; n0 += 16)
+        for (int m = 0; m < mb; ++m)
+          rows_block(1, 1, Ar + m * lda, lda, Bm + n0, ldb, beta, Cr + m * ldc + n0, ldc, K);
+    }
+  }
+}
