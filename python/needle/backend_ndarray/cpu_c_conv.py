@@ -117,44 +117,34 @@ class CConvKernels:
     def _batch_norm_fwd(self, x, weight=None, bias=None, eps=1e-5, axes=(0,)):
         lib = self._lib()
         x2 = None if lib is None else self._rows_by_channel(x, axes)
-        if x2 is None or not _ok(x2):
+        if (x2 is None or not _ok(x2) or (weight is not None and not _ok(weight))
+                or (bias is not None and not _ok(bias))):
             return super()._batch_norm_fwd(x, weight, bias, eps, axes)
         rows, c = x2.shape
-        parts = self._parts(x2.size)
-        mean64, var64 = np.empty(c), np.empty(c)
-        if lib.bn_stats(_ptr(x2), rows, c, _ptr(mean64), _ptr(var64), parts):
-            raise MemoryError("batch_norm: out of memory for the partial sums")
-        mean, var = mean64.astype(np.float32), var64.astype(np.float32)
-        rstd = (1.0 / np.sqrt(var64 + eps)).astype(np.float32)
-        scale = rstd if weight is None else np.ascontiguousarray(rstd * weight.reshape(c))
-        shift = (np.zeros(c, np.float32) if bias is None
-                 else np.ascontiguousarray(bias.reshape(c), dtype=np.float32))
-        scale = scale.astype(np.float32, copy=False)
         y = np.empty_like(x2)
-        lib.bn_apply(_ptr(x2), _ptr(y), rows, c, _ptr(mean), _ptr(scale), _ptr(shift), parts)
+        mean, rstd, var = np.empty(c, np.float32), np.empty(c, np.float32), np.empty(
+            c, np.float32)
+        if lib.bn_forward(_ptr(x2), None if weight is None else _ptr(weight),
+                          None if bias is None else _ptr(bias), eps, _ptr(y), _ptr(mean),
+                          _ptr(rstd), _ptr(var), rows, c, self._parts(x2.size)):
+            raise MemoryError("batch_norm: out of memory for the partial sums")
         return self._as_layout(y, x), mean, rstd, var
 
     def _batch_norm_bwd(self, dy, x, mean, rstd, weight=None, axes=(0,)):
         lib = self._lib()
         x2 = None if lib is None else self._rows_by_channel(x, axes)
         dy2 = None if x2 is None else self._rows_by_channel(dy, axes)
-        if dy2 is None or not _ok(x2, dy2, mean, rstd):
+        if (dy2 is None or not _ok(x2, dy2, mean, rstd)
+                or (weight is not None and not _ok(weight))):
             return super()._batch_norm_bwd(dy, x, mean, rstd, weight, axes)
         rows, c = x2.shape
-        parts = self._parts(x2.size)
-        mean, rstd = mean.reshape(c), rstd.reshape(c)
-        db64, dw64 = np.empty(c), np.empty(c)
-        if lib.bn_bwd_sums(_ptr(dy2), _ptr(x2), rows, c, _ptr(mean), _ptr(rstd),
-                           _ptr(db64), _ptr(dw64), parts):
-            raise MemoryError("batch_norm: out of memory for the partial sums")
-        db, dw = db64.astype(np.float32), dw64.astype(np.float32)
-        scale = rstd if weight is None else rstd * weight.reshape(c)
-        scale = np.ascontiguousarray(scale, dtype=np.float32)
-        mdb, mdw = db / np.float32(rows), dw / np.float32(rows)
         dx = np.empty_like(x2)
-        lib.bn_bwd_dx(_ptr(dy2), _ptr(x2), _ptr(dx), rows, c, *(
-            _ptr(v) for v in (mean, rstd, scale, mdb, mdw)), parts)
-        dx = self._as_layout(dx, x)
-        if weight is None:
-            return dx, None, None
-        return dx, dw.reshape(weight.shape), db.reshape(weight.shape)
+        dw = db = None
+        if weight is not None:
+            dw, db = np.empty(weight.shape, np.float32), np.empty(weight.shape, np.float32)
+        if lib.bn_backward(_ptr(dy2), _ptr(x2), _ptr(mean), _ptr(rstd),
+                           None if weight is None else _ptr(weight), _ptr(dx),
+                           None if dw is None else _ptr(dw), None if db is None else _ptr(db),
+                           rows, c, self._parts(x2.size)):
+            raise MemoryError("batch_norm: out of memory for the partial sums")
+        return self._as_layout(dx, x), dw, db

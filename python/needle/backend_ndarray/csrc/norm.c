@@ -250,3 +250,56 @@ int layer_norm_bwd(const float *dy, const float *x, const float *mean, const flo
   }
   return 0;
 }
+
+/* ---- batch norm, whole: statistics, then the rows, in one call ------------------------------- */
+/* y = (x - mean) rstd w + b over the rows of x (R, C) (w, b (C,) or NULL), with the channels'
+   mean, rstd = 1 / sqrt(var + eps) and biased var written as float32; 0 on success */
+int bn_forward(const float *x, const float *w, const float *b, float eps, float *y,
+               float *mean, float *rstd, float *var, ll R, ll C, int parts) {
+  double *m64 = malloc(2 * C * sizeof(double));
+  float *scale = malloc(2 * C * sizeof(float));
+  if (!m64 || !scale || bn_stats(x, R, C, m64, m64 + C, parts)) {
+    free(m64);
+    free(scale);
+    return -1;
+  }
+  float *shift = scale + C;
+  for (ll c = 0; c < C; ++c) {
+    mean[c] = (float)m64[c];
+    var[c] = (float)m64[C + c];
+    rstd[c] = (float)(1.0 / sqrt(m64[C + c] + eps));
+    scale[c] = w ? rstd[c] * w[c] : rstd[c];
+    shift[c] = b ? b[c] : 0.0f;
+  }
+  bn_apply(x, y, R, C, mean, scale, shift, parts);
+  free(m64);
+  free(scale);
+  return 0;
+}
+
+/* dx of bn_forward for dy (R, C), and (w given) dw, db (C,); 0 on success */
+int bn_backward(const float *dy, const float *x, const float *mean, const float *rstd,
+                const float *w, float *dx, float *dw, float *db, ll R, ll C, int parts) {
+  double *s64 = malloc(2 * C * sizeof(double));
+  float *f = malloc(3 * C * sizeof(float));
+  if (!s64 || !f || bn_bwd_sums(dy, x, R, C, mean, rstd, s64, s64 + C, parts)) {
+    free(s64);
+    free(f);
+    return -1;
+  }
+  float *scale = f, *mdb = f + C, *mdw = f + 2 * C;
+  for (ll c = 0; c < C; ++c) {
+    const float dbc = (float)s64[c], dwc = (float)s64[C + c];
+    if (dw) {
+      db[c] = dbc;
+      dw[c] = dwc;
+    }
+    scale[c] = w ? rstd[c] * w[c] : rstd[c];
+    mdb[c] = dbc / (float)R;
+    mdw[c] = dwc / (float)R;
+  }
+  bn_bwd_dx(dy, x, dx, R, C, mean, rstd, scale, mdb, mdw, parts);
+  free(s64);
+  free(f);
+  return 0;
+}
