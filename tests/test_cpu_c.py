@@ -226,6 +226,12 @@ def test_large_elementwise_operators_equal_numpy_bit_for_bit(op):
     x += 1.5
     x *= ndl.NDArray(base)
     np.testing.assert_array_equal(x.numpy(), (base + np.float32(1.5)) * base)
+    if op in ("add", "sub", "mul", "div"):  # a row vector (a bias) broadcast over the rows
+        row = rng.standard_normal(3).astype(np.float32) + 3.0
+        np.testing.assert_array_equal(dev._ewise(op, base, row), fn(base, row))
+        y = ndl.NDArray(base.copy())
+        y += ndl.NDArray(row.reshape(1, 3))
+        np.testing.assert_array_equal(y.numpy(), base + row)
 
 
 def test_softmax_cross_entropy_equals_numpy_kernel():
@@ -284,6 +290,23 @@ def test_layer_norm_and_adam_equal_numpy_kernels():
             states.append((wt, m, v))
         for got, want in zip(*states):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum,weight_decay,nesterov", [
+    (0.0, 0.0, False), (0.0, 1e-2, False), (0.9, 0.0, False), (0.9, 1e-2, True)])
+def test_sgd_equals_numpy_kernel(momentum, weight_decay, nesterov):
+    rng = np.random.default_rng(15)
+    w0 = rng.standard_normal((300, 70)).astype(np.float32)
+    grads = [rng.standard_normal(w0.shape).astype(np.float32) for _ in range(3)]
+    states = []
+    for kernels in (ndl.cpu(), _base()):
+        w, u = w0.copy(), (np.zeros_like(w0) if momentum else None)
+        for g in grads:
+            kernels._sgd_update(w, g, u, 0.1, momentum, weight_decay, nesterov)
+        states.append((w, u))
+    np.testing.assert_allclose(states[0][0], states[1][0], rtol=1e-6, atol=1e-6)
+    if momentum:
+        np.testing.assert_allclose(states[0][1], states[1][1], rtol=1e-6, atol=1e-6)
 
 
 def test_embedding_scatter_equals_numpy_kernel():

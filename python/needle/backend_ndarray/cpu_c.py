@@ -43,8 +43,10 @@ _SIGNATURES = {
     "conv_dgrad": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
     "conv_dgrad_small": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
     "binary": ([_I, _P, _P, ctypes.c_float, _P, _LL, _I], None),
+    "binary_rows": ([_I, _P, _P, _P, _LL, _LL, _I], None),
     "adam": ([_P, _P, _P, _P, _LL] + [ctypes.c_float] * 5 + [_I] + [ctypes.c_float] * 2
              + [_I], None),
+    "sgd": ([_P, _P, _P, _LL] + [ctypes.c_float] * 3 + [_I, _I], None),
     "softmax_ce_fwd": ([_P, _P, _P, _P, _LL, _LL, _I], _I),
     "softmax_ce_bwd": ([_P, _P, _P, ctypes.c_float, _P, _LL, _LL, _I], None),
     "softmax_rows": ([_P, _P, _LL, _LL, _I], _I),
@@ -311,8 +313,10 @@ class CKernels:
         if order is None:
             return None
         if isinstance(b, np.ndarray):
-            if b.dtype != np.float32 or b.shape != a.shape or b.strides != a.strides:
+            if b.dtype != np.float32:
                 return None
+            if b.shape != a.shape or b.strides != a.strides:
+                return self._ewise_rows(lib, op, a, b, out)
             bp, s = _ptr(b), 0.0
         elif isinstance(b, (float, int)) and not isinstance(b, bool):
             bp, s = None, b
@@ -325,6 +329,21 @@ class CKernels:
         lib.binary(_EWISE_OPS[op], _ptr(a), bp, s, _ptr(out), a.size, self._parts(a.size))
         return out
 
+    def _ewise_rows(self, lib, op, a, b, out):
+        """`_ewise` for a row-major `a` and a `b` that broadcasts along every axis but the
+        last (a bias added to each row), else None."""
+        c = a.shape[-1] if a.ndim else 0
+        if (c == 0 or b.size != c or b.ndim > a.ndim or b.shape[-1] != c
+                or not a.flags.c_contiguous or op not in ("add", "sub", "mul", "div")
+                or (out is not None and not out.flags.c_contiguous)):
+            return None
+        row = np.ascontiguousarray(b.reshape(c))
+        if out is None:
+            out = np.empty_like(a)
+        lib.binary_rows(_EWISE_OPS[op], _ptr(a), _ptr(row), _ptr(out), a.size // c, c,
+                        self._parts(a.size))
+        return out
+
     def _adam_update(self, w, g, m, v, lr, beta1, beta2, eps, step, weight_decay=0.0,
                      decoupled=False):
         lib = self._lib()
@@ -334,6 +353,14 @@ class CKernels:
         lib.adam(_ptr(w), _ptr(g), _ptr(m), _ptr(v), w.size, lr, beta1, beta2, eps,
                  weight_decay, int(bool(decoupled) and bool(weight_decay)),
                  1.0 - beta1 ** step, 1.0 - beta2 ** step, self._parts(w.size))
+
+    def _sgd_update(self, w, g, u, lr, momentum, weight_decay, nesterov):
+        lib = self._lib()
+        if (lib is None or not _ok(w, g) or w.size != g.size
+                or (u is not None and not (_ok(u) and u.size == w.size))):
+            return super()._sgd_update(w, g, u, lr, momentum, weight_decay, nesterov)
+        lib.sgd(_ptr(w), _ptr(g), None if u is None else _ptr(u), w.size, lr, momentum,
+                weight_decay, int(bool(nesterov)), self._parts(w.size))
 
     # ---- softmax and softmax cross-entropy ------------------------------------------------
     @staticmethod

@@ -253,6 +253,26 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         self._adam_update(w._array, g._array, m._array, v._array, lr, beta1, beta2, eps,
                           step, weight_decay, decoupled)
 
+    def sgd_update(self, w, g, u, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        """One SGD step in place on the NDArrays w and u (u None without momentum), the rule
+        of needle.optim.SGD: g' = g + wd w; u = m u + (1 - m) g'; w -= lr u (Nesterov:
+        w -= lr (m u + (1 - m) g')), or w -= lr g' when m is 0."""
+        self._sgd_update(w._array, g._array, None if u is None else u._array, lr, momentum,
+                         weight_decay, nesterov)
+
+    def _sgd_update(self, w, g, u, lr, momentum, weight_decay, nesterov):
+        if weight_decay:
+            g = g + weight_decay * w
+        if u is None:
+            w -= lr * g
+            return
+        u *= momentum
+        u += (1.0 - momentum) * g
+        if nesterov:
+            w -= lr * (momentum * u + (1.0 - momentum) * g)
+        else:
+            w -= lr * u
+
     def _wrap_all(self, arrays):
         return tuple(None if a is None else self._wrap(a) for a in arrays)
 

@@ -172,22 +172,12 @@ class SGD(Optimizer):
         self.nesterov = nesterov
 
     def _update(self, w, g, state):
-        if self.weight_decay:
-            g = g + self.weight_decay * w
-        m = self.momentum
-        if m == 0.0:
-            w -= self.lr * g
-            return
-        u = state.get("u")
-        if u is None:
-            u = state["u"] = (1.0 - m) * g
-        else:
-            u *= m
-            u += (1.0 - m) * g
-        if self.nesterov:
-            w -= self.lr * (m * u + (1.0 - m) * g)
-        else:
-            w -= self.lr * u
+        u = None
+        if self.momentum:
+            u = state.get("u")
+            if u is None:  # m * 0 + (1 - m) g: the course's first step, u = (1 - m) g
+                u = state["u"] = w.device.zeros(w.shape, dtype=w.dtype)
+        w.device.sgd_update(w, g, u, self.lr, self.momentum, self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):

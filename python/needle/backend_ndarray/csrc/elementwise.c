@@ -70,6 +70,24 @@ void binary(int op, const float *a, const float *b, float s, float *out, ll n, i
   par_run(binary_task, &g, n, parts);
 }
 
+typedef struct { const float *a, *row; float *out; ll C; int op; } rows_binary_args;
+
+static void binary_rows_task(const void *p, ll r0, ll r1, int part) {
+  const rows_binary_args *g = p;
+  (void)part;
+  for (ll r = r0; r < r1; ++r) {
+    binary_args one = {g->a + r * g->C, g->row, g->out + r * g->C, 0.0f, g->op};
+    binary_task(&one, 0, g->C, 0);
+  }
+}
+
+/* out[r, c] = a[r, c] op row[c] for the R rows of C elements of a (a row vector broadcast, as
+   a bias is); out may be a */
+void binary_rows(int op, const float *a, const float *row, float *out, ll R, ll C, int parts) {
+  rows_binary_args g = {a, row, out, C, op};
+  par_run(binary_rows_task, &g, R, parts);
+}
+
 /* ---- Adam ---------------------------------------------------------------------------------- */
 typedef struct {
   float *w, *m, *v;
@@ -103,4 +121,43 @@ void adam(float *w, const float *g, float *m, float *v, ll n, float lr, float b1
           float eps, float wd, int decoupled, float c1, float c2, int parts) {
   adam_args a = {w, m, v, g, lr, b1, b2, eps, wd, c1, c2, decoupled};
   par_run(adam_task, &a, n, parts);
+}
+
+/* ---- SGD ----------------------------------------------------------------------------------- */
+typedef struct {
+  float *w, *u;
+  const float *g;
+  float lr, m, wd;
+  int nesterov;
+} sgd_args;
+
+static void sgd_task(const void *p, ll lo, ll hi, int part) {
+  const sgd_args *a = p;
+  float *restrict w = a->w, *restrict u = a->u;
+  const float *restrict g = a->g;
+  const float lr = a->lr, m = a->m, wd = a->wd, k = 1.0f - a->m;
+  (void)part;
+  if (!u) {
+    for (ll i = lo; i < hi; ++i) w[i] -= lr * (g[i] + wd * w[i]);
+  } else if (a->nesterov) {
+    for (ll i = lo; i < hi; ++i) {
+      const float gi = g[i] + wd * w[i], ui = m * u[i] + k * gi;
+      u[i] = ui;
+      w[i] -= lr * (m * ui + k * gi);
+    }
+  } else {
+    for (ll i = lo; i < hi; ++i) {
+      const float ui = m * u[i] + k * (g[i] + wd * w[i]);
+      u[i] = ui;
+      w[i] -= lr * ui;
+    }
+  }
+}
+
+/* One SGD step in place on w and u (u NULL: no momentum) for the gradient g, n elements (the
+   rule of needle.optim.SGD) */
+void sgd(float *w, const float *g, float *u, ll n, float lr, float m, float wd, int nesterov,
+         int parts) {
+  sgd_args a = {w, u, g, lr, m, wd, nesterov};
+  par_run(sgd_task, &a, n, parts);
 }
