@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .device import Device
-from .ndarray import NDArray, _axes, _native
+from .ndarray import _EWISE_MIN, NDArray, _axes, _native
 from .recording import Ref, _copy_ndarray
 
 __all__ = ["out_form"]
@@ -43,6 +43,9 @@ _BINARY = {
     "__ge__": ("greater_equal", False), "__gt__": ("greater", False),
     "__le__": ("less_equal", False), "__lt__": ("less", False),
 }
+# NDArray operator -> the op name of Device._ewise (what the operator asks the device for)
+_EWISE = {"__add__": "add", "__radd__": "add", "__sub__": "sub", "__rsub__": "rsub",
+          "__mul__": "mul", "__rmul__": "mul", "__truediv__": "div", "__rtruediv__": "rdiv"}
 _UNARY = {"__neg__": "negative", "exp": "exp", "log": "log", "tanh": "tanh", "sqrt": "sqrt",
           "abs": "absolute", "sign": "sign"}
 _REDUCTIONS = {"sum", "max"}
@@ -135,13 +138,21 @@ def _make(name, xp):
     if name in _BINARY:
         ufunc, reflected = _BINARY[name]
         f = getattr(xp, ufunc)
+        # the kernel asks the device first for large arrays (NDArray's operators): so do these
+        ewise = _EWISE.get(name)
         if reflected:  # `other - a`: the number comes first, as in the kernel
             def run(a, other, out):
-                f(_native(other), a._array, out=out._array)
+                x, o = a._array, out._array
+                if ewise is None or x.size < _EWISE_MIN or a.device._ewise(
+                        ewise, x, other, o) is None:
+                    f(_native(other), x, out=o)
                 return out
         else:
             def run(a, other, out):
-                f(a._array, _native(other), out=out._array)
+                x, y, o = a._array, _native(other), out._array
+                if ewise is None or x.size < _EWISE_MIN or a.device._ewise(
+                        ewise, x, y, o) is None:
+                    f(x, y, out=o)
                 return out
     elif name in _UNARY:
         f = getattr(xp, _UNARY[name])
