@@ -340,3 +340,15 @@ def test_lstm_time_loops_equal_numpy_kernels(steps, batch, hid):
         for a, b in zip(dev.lstm_bwd(g_h, *last, *fwd, w, h0, c0),
                         base.lstm_bwd(g_h, *last, *fwd0, w, h0, c0)):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_tanh_grad_equals_numpy_kernel():
+    rng = np.random.default_rng(16)
+    y = np.tanh(rng.standard_normal((64, 9, 9, 16)).astype(np.float32)).transpose(0, 3, 1, 2)
+    g = rng.standard_normal((64, 9, 9, 16)).astype(np.float32).transpose(0, 3, 1, 2)
+    dev, base = ndl.cpu(), _base()
+    assert y.size >= cpu_c._MIN_PARALLEL
+    np.testing.assert_allclose(dev.tanh_grad(ndl.NDArray(g), ndl.NDArray(y)).numpy(),
+                               base.tanh_grad(ndl.NDArray(g), ndl.NDArray(y)).numpy(),
+                               rtol=1e-6, atol=1e-6)
+

@@ -31,6 +31,7 @@ CASES = {
     "log": (lambda a: ops.log(a), [(3, 4)], True),
     "relu": (lambda a: ops.relu(a), [(3, 4)], False),
     "relu_grad": (lambda a: ops.relu_grad(a * 2.0, ops.relu(a).detach()), [(3, 4)], False),
+    "tanh_grad": (lambda g, y: ops.tanh_grad(g, ops.tanh(y)), [(3, 4), (3, 4)], False),
     "tanh": (lambda a: ops.tanh(a), [(3, 4)], False),
     "erf": (lambda a: ops.erf(a), [(3, 4)], False),
     "sigmoid": (lambda a: ops.sigmoid(a), [(3, 4)], False),

@@ -15,9 +15,9 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from . import backend_ndarray as nd
-from .backend_ndarray import NDArray
+from .backend_ndarray import ArrayNode, NDArray
 from .graph import (  # noqa: F401  (find_topo_sort: the course's needle.autograd name)
-    check_finite as _check_finite, find_topo_sort, reverse_pass, reverse_pass_fast,
+    _TupleNode, check_finite as _check_finite, find_topo_sort, reverse_pass, reverse_pass_fast,
 )
 from .tensor_api import TensorHabits, torch_axes
 from .grad_mode import (  # noqa: F401  (the course reaches them as needle.autograd.*)
@@ -74,7 +74,7 @@ class TensorOp(Op):
     __slots__ = ()
 
     def __call__(self, *args):
-        if args and isinstance(args[0], _ARRAY_VALUES):
+        if args and type(args[0]) in _ARRAY_VALUES:
             return self.compute(*args)
         return Tensor.make_from_op(self, args)
 
@@ -85,18 +85,23 @@ class TensorTupleOp(Op):
     __slots__ = ()
 
     def __call__(self, *args):
-        if args and isinstance(args[0], _ARRAY_VALUES):
+        if args and type(args[0]) in _ARRAY_VALUES:
             return self.compute(*args)
         return TensorTuple.make_from_op(self, args)
 
 
-_ARRAY_VALUES = (NDArray, tuple)
+# the types of the values an op is called on in a fast backward (a set test is cheaper than
+# isinstance with a tuple, and runs on every op call)
+_ARRAY_VALUES = frozenset((NDArray, ArrayNode, tuple, _TupleNode))
 
 
 class Value:
     """A node of the graph: the op that made it, its inputs, and its cached value."""
 
     __slots__ = ("op", "inputs", "cached_data", "requires_grad", "grad", "__weakref__")
+    # a leaf the gradient graphs kept on `.grad` hold weakly (see `_weak_copies`); False for
+    # nn.Parameter, which outlives its gradients
+    weak_in_grad_graph = True
 
     def realize_cached_data(self):
         data = self.cached_data
@@ -502,10 +507,9 @@ _WEAK_LEAF = _WeakLeaf()
 
 
 class _LeafAlias(Tensor):
-    """A leaf as a gradient graph kept on `.grad` holds it (`_weak_copies`): its value, and
-    the leaf as its one input through a weak reference: the identity on x while x lives (so
-    `x.grad.backward()` reaches x), a constant once x is gone."""
-
+    """A leaf as a kept gradient graph holds it (`_weak_copies`): its value, and the leaf as
+    its one input by weak reference (identity while x lives, so `x.grad.backward()` reaches
+    x; a constant once x is gone)."""
     __slots__ = ("_leaf",)
 
     @property
@@ -515,14 +519,14 @@ class _LeafAlias(Tensor):
 
 
 def _weak_copies(order) -> dict:
-    """{node: the node its gradient rule sees} for a graph backward's nodes (`order`, inputs
-    first): leaves become `_LeafAlias`es, op nodes copies (same op and value) over copies.
-
-    `x.grad` keeps the gradient graph, which holds the nodes its rules saw; had they been the
-    forward nodes, which hold x, each backward would leave a reference cycle that only the
-    garbage collector frees (an input batch with the course's default requires_grad=True kept
-    every step's activations alive until a collection). The copies hold leaves weakly."""
+    """{node: the node its rule sees} for a graph backward's nodes (`order`, inputs first):
+    leaves become `_LeafAlias`es, op nodes copies over copies. `x.grad` keeps the gradient
+    graph, which holds what its rules saw; the forward nodes hold x, so x and its `.grad`
+    would be a cycle that only the garbage collector frees (an input batch with the course's
+    default requires_grad=True kept each step's activations alive). Copies hold x weakly."""
     global TENSOR_COUNTER
+    if not any(n.op is None and n.requires_grad and n.weak_in_grad_graph for n in order):
+        return None  # only parameters: they outlive their gradients (reset_grad frees them)
     seen = {}
     for node in order:
         op = node.op
@@ -533,15 +537,11 @@ def _weak_copies(order) -> dict:
             if type(node) is TensorTuple:
                 continue  # a tuple leaf (rare) keeps its strong reference
             copy = object.__new__(_LeafAlias)
-            copy.op = _WEAK_LEAF
-            copy._leaf = weakref.ref(node)
+            copy.op, copy._leaf = _WEAK_LEAF, weakref.ref(node)
         else:
             copy = object.__new__(type(node))
-            copy.op = op
-            copy.inputs = tuple([seen.get(x, x) for x in node.inputs])
-        copy.cached_data = node.cached_data
-        copy.requires_grad = True
-        copy.grad = None
+            copy.op, copy.inputs = op, tuple([seen.get(x, x) for x in node.inputs])
+        copy.cached_data, copy.requires_grad, copy.grad = node.cached_data, True, None
         TENSOR_COUNTER += 1
         seen[node] = copy
     return seen

@@ -64,11 +64,13 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
     Tensor and no graph is made."""
     saved = _MODE.grad_enabled
     _MODE.grad_enabled = False
+    anomaly = _MODE.detect_anomaly  # a pass does not toggle it midway
     leaves = {}
     try:
         grads = {output: out_grad}
+        pop, get = grads.pop, grads.get
         for node in reversed(find_topo_sort([output], only_requiring_grad=True)):
-            grad = grads.pop(node, None)
+            grad = pop(node, None)
             if grad is None:
                 continue
             op = node.op
@@ -85,7 +87,6 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                 wrapped = type(node).make_const(grad)  # a constant Tensor or TensorTuple
                 partials = [None if p is None else p.realize_cached_data()
                             for p in op.gradient_as_tuple(wrapped, node)]
-            anomaly = _MODE.detect_anomaly
             if anomaly:
                 for p in partials:
                     if p is not None:
@@ -93,7 +94,7 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
             for inp, partial in zip(node.inputs, partials):
                 if partial is None or not inp.requires_grad:
                     continue
-                prev = grads.get(inp)
+                prev = get(inp)
                 if prev is None:
                     grads[inp] = partial
                     continue
@@ -128,6 +129,7 @@ def reverse_pass(output, out_grad, create_graph, assign, stop=None, rule_nodes=N
             roots = [output]
         order = find_topo_sort(roots, only_requiring_grad=True, stop=stop)
         seen = rule_nodes(order) if rule_nodes is not None and _MODE.grad_enabled else None
+        # (rule_nodes may return None too: every node is its own rule node)
         for node in reversed(order):
             grad = grads.get(node) if not assign else grads.pop(node, None)
             if grad is None:

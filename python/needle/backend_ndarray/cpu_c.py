@@ -35,6 +35,7 @@ _SIGNATURES = {
                                        _LL, _LL, _I], _I),
     "relu": ([_P, _P, _LL, _I], None),
     "relu_grad": ([_P, _P, _P, _LL, _I], None),
+    "tanh_grad": ([_P, _P, _P, _LL, _I], None),
     "pad_nhwc": ([_P, _P] + [_LL] * 5 + [_I], None),
     "im2col": ([_P, _P] + [_LL] * 10 + [_I], None),
     "col2im": ([_P, _P] + [_LL] * 10 + [_I], None),
@@ -299,6 +300,20 @@ class CKernels:
             gn = g_in_layout
         dx = np.empty_like(yn) if out is None else out._array
         lib.relu_grad(_ptr(gn), _ptr(yn), _ptr(dx), yn.size, self._parts(yn.size))
+        return self._wrap(dx) if out is None else out
+
+    def tanh_grad(self, g, y, out=None):
+        gn, yn = g._array, y._array
+        if yn.size < _MIN_PARALLEL:  # small: NumPy's three calls are cheaper than the checks
+            return super().tanh_grad(g, y, out)
+        lib = self._lib()
+        if (lib is None or gn.dtype != np.float32 or yn.dtype != np.float32
+                or gn.shape != yn.shape or yn.size < _MIN_PARALLEL or gn.strides != yn.strides
+                or _dense_order(yn) is None
+                or (out is not None and out._array.strides != yn.strides)):
+            return super().tanh_grad(g, y, out)
+        dx = np.empty_like(yn) if out is None else out._array
+        lib.tanh_grad(_ptr(gn), _ptr(yn), _ptr(dx), yn.size, self._parts(yn.size))
         return self._wrap(dx) if out is None else out
 
     # ---- elementwise ----------------------------------------------------------------------

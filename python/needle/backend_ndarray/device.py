@@ -160,6 +160,16 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
                                                          *[a._array for a in arrays])))
 
     # ---- kernels beyond NumPy's ufuncs ---------------------------------------------------
+    def tanh_grad(self, g, y, out=None):
+        """g (1 - y^2): tanh's backward from its output y (the shape of g); into `out` when
+        given."""
+        yn = y._array
+        r = (1.0 - yn * yn) * g._array
+        if out is not None:
+            self.xp.copyto(out._array, r)
+            return out
+        return self._wrap(self.xp.asarray(r))
+
     def _mm(self, a, b, out=None):
         """Native matrix product `a @ b` (NumPy's matmul semantics), into `out` when given;
         every product of the device's kernels goes through it (cpu(): needle's threads)."""

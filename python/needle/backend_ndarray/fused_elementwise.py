@@ -50,6 +50,7 @@ FUSIBLE = {
     "relu": (1, "nrelu({0})", lambda xp, a: xp.maximum(a, 0)),
     "relu_grad": (2, "(({1}) > 0.0f ? ({0}) : 0.0f)",
                   lambda xp, g, y: xp.where(y > 0, g, 0.0)),
+    "tanh_grad": (2, "((1.0f - ({1}) * ({1})) * ({0}))", lambda xp, g, y: (1.0 - y * y) * g),
 }
 
 
@@ -175,7 +176,7 @@ _PY = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": 
        "neg": "(-{0})", "maximum": "xp.maximum({0}, {1})", "minimum": "xp.minimum({0}, {1})",
        "exp": "xp.exp({0})", "log": "xp.log({0})", "tanh": "xp.tanh({0})",
        "sqrt": "xp.sqrt({0})", "abs": "xp.abs({0})", "relu": "xp.maximum({0}, 0)",
-       "relu_grad": "xp.where({1} > 0, {0}, 0.0)"}
+       "relu_grad": "xp.where({1} > 0, {0}, 0.0)", "tanh_grad": "((1.0 - {1} * {1}) * {0})"}
 
 
 _UFUNC = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide",

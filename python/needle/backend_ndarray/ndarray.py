@@ -343,38 +343,60 @@ class NDArray:
 
     # ---- elementwise -------------------------------------------------------------------
     def __add__(self, other):
-        o, a = other._array if isinstance(other, NDArray) else other, self._array
-        r = self._device._ewise("add", a, o) if a.size >= _EWISE_MIN else None
-        return NDArray._wrap(a + o if r is None else r, self._device)
+        a = self._array
+        o = other._array if isinstance(other, NDArray) else other
+        if a.size >= _EWISE_MIN:
+            r = self._device._ewise("add", a, o)
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        return NDArray._wrap(a + o, self._device)
 
     __radd__ = __add__
 
     def __sub__(self, other):
-        o, a = other._array if isinstance(other, NDArray) else other, self._array
-        r = self._device._ewise("sub", a, o) if a.size >= _EWISE_MIN else None
-        return NDArray._wrap(a - o if r is None else r, self._device)
+        a = self._array
+        o = other._array if isinstance(other, NDArray) else other
+        if a.size >= _EWISE_MIN:
+            r = self._device._ewise("sub", a, o)
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        return NDArray._wrap(a - o, self._device)
 
     def __rsub__(self, other):
         a = self._array
-        r = self._device._ewise("rsub", a, other) if a.size >= _EWISE_MIN else None
-        return NDArray._wrap(other - a if r is None else r, self._device)
+        if a.size >= _EWISE_MIN:
+            r = self._device._ewise("rsub", a, other)
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        return NDArray._wrap(other - a, self._device)
 
     def __mul__(self, other):
-        o, a = other._array if isinstance(other, NDArray) else other, self._array
-        r = self._device._ewise("mul", a, o) if a.size >= _EWISE_MIN else None
-        return NDArray._wrap(a * o if r is None else r, self._device)
+        a = self._array
+        o = other._array if isinstance(other, NDArray) else other
+        if a.size >= _EWISE_MIN:
+            r = self._device._ewise("mul", a, o)
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        return NDArray._wrap(a * o, self._device)
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        o, a = other._array if isinstance(other, NDArray) else other, self._array
-        r = self._device._ewise("div", a, o) if a.size >= _EWISE_MIN else None
-        return NDArray._wrap(a / o if r is None else r, self._device)
+        a = self._array
+        o = other._array if isinstance(other, NDArray) else other
+        if a.size >= _EWISE_MIN:
+            r = self._device._ewise("div", a, o)
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        return NDArray._wrap(a / o, self._device)
 
     def __rtruediv__(self, other):
         a = self._array
-        r = self._device._ewise("rdiv", a, other) if a.size >= _EWISE_MIN else None
-        return NDArray._wrap(other / a if r is None else r, self._device)
+        if a.size >= _EWISE_MIN:
+            r = self._device._ewise("rdiv", a, other)
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        return NDArray._wrap(other / a, self._device)
 
     def __neg__(self):
         return NDArray._wrap(-self._array, self._device)

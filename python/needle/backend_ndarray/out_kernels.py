@@ -13,7 +13,7 @@ against the device's `xp`, so they serve cpu() (NumPy) and cuda() (CuPy) alike:
 
 - elementwise: `+ - * /` (reflected too), `maximum minimum`, comparisons (float results),
   negation, `exp log tanh sqrt abs sign sigmoid`, and the Device kernels that take `out=`
-  themselves (`relu`, `relu_grad`, and `pack_flat`, an optimizer's flat packing);
+  themselves (`relu`, `relu_grad`, `tanh_grad`, and `pack_flat`, an optimizer's flat packing);
 - fused elementwise kernels (`FusedElementwise.entry_out`);
 - `@` (matmul), `sum` and `max` over axes (of a row-major input: the reduction order of
   NumPy depends on the layout, so another layout runs the allocating kernel);
@@ -52,7 +52,7 @@ _REDUCTIONS = {"sum", "max"}
 _COPIES = {"compact", "copy"}
 _CONSTRUCTORS = {"zeros": 0.0, "ones": 1.0, "full": None, "empty": None}  # the fill value
 # Device kernels with an out= argument of their own
-_DEVICE_OUT = {"relu", "relu_grad", "pack_flat"}
+_DEVICE_OUT = {"relu", "relu_grad", "tanh_grad", "pack_flat"}
 
 _FORMS: dict = {}  # (kernel name, xp) -> function (one function per kernel and module)
 

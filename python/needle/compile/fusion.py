@@ -1,7 +1,7 @@
 """Fusing chains of elementwise kernels of a recording into one kernel each.
 
 A recorded event is *fusible* when it is one of the NDArray elementwise methods in `_OPS`
-or the Device kernels in `_DEVICE_OPS` (ReLU and its backward) on float32 values, with
+or the Device kernels in `_DEVICE_OPS` (ReLU's and tanh's backward, ReLU) on float32 values, with
 Python numbers or scalar slots as the other operands. Walking the
 events in order, a fusible event joins the group whose last result it consumes when
 
@@ -44,7 +44,7 @@ class _Group:
 
 
 # Device kernel -> fused op (its arguments after the device: the operands in order)
-_DEVICE_OPS = {"relu": "relu", "relu_grad": "relu_grad"}
+_DEVICE_OPS = {"relu": "relu", "relu_grad": "relu_grad", "tanh_grad": "tanh_grad"}
 
 
 def _fusible(e, values):

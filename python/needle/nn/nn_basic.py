@@ -14,6 +14,8 @@ class Parameter(Tensor):
     """A Tensor that a Module trains (found by `Module.parameters()`)."""
 
     __slots__ = ()
+    # it outlives its gradients: a graph backward may keep it strongly (autograd._weak_copies)
+    weak_in_grad_graph = False
 
 
 def _walk(value: Any, prefix: str):

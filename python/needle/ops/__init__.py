@@ -16,12 +16,11 @@ from .ops_logarithmic import (
 from .ops_mathematic import (
     AddScalar, BroadcastTo, DivScalar, Erf, EWiseAdd, EWiseDiv, EWiseMul, EWisePow, Exp, Log,
     MatMul, Max, Maximum, MulScalar, Negate, Permute, PowerScalar, ReLU, ReLUGrad, Reshape,
-    ScalarPower,
-    Sigmoid, Sqrt, Summation, Tanh, ToDevice, Transpose, add, add_scalar, broadcast_to, divide,
-    divide_scalar, erf, exp, keepdims_shape, log, matmul, max, maximum, mean, mul_scalar, multiply,
-    negate, normalize_axes, permute, power, power_scalar, reduce_to_shape, relu, relu_grad,
-    reshape,
-    sigmoid, sqrt, summation, tanh, to_device, transpose,
+    ScalarPower, Sigmoid, Sqrt, Summation, Tanh, TanhGrad, ToDevice, Transpose, add,
+    add_scalar, broadcast_to, divide, divide_scalar, erf, exp, keepdims_shape, log, matmul, max,
+    maximum, mean, mul_scalar, multiply, negate, normalize_axes, permute, power, power_scalar,
+    reduce_to_shape, relu, relu_grad, reshape, sigmoid, sqrt, summation, tanh, tanh_grad,
+    to_device, transpose,
 )
 from .ops_norm import (
     BatchNorm, LayerNorm, Standardize, batch_norm_train, layer_norm, standardize,
@@ -37,7 +36,8 @@ from .ops_tuple import (
 __all__ = [
     # functions
     "add", "add_scalar", "multiply", "mul_scalar", "power", "power_scalar", "divide",
-    "divide_scalar", "negate", "log", "exp", "erf", "relu", "relu_grad", "tanh", "sigmoid",
+    "divide_scalar", "negate", "log", "exp", "erf", "relu", "relu_grad", "tanh", "tanh_grad",
+    "sigmoid",
     "sqrt",
     "maximum", "matmul", "linear", "summation", "mean", "max", "broadcast_to", "reshape",
     "transpose", "permute", "to_device", "getitem", "scatter_add", "flip", "pad", "dilate",
@@ -51,6 +51,7 @@ __all__ = [
     # op classes
     "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWisePow", "PowerScalar", "ScalarPower",
     "EWiseDiv", "DivScalar", "Negate", "Log", "Exp", "Erf", "ReLU", "ReLUGrad", "Tanh",
+    "TanhGrad",
     "Sigmoid",
     "Sqrt", "Maximum", "MatMul", "Linear", "Summation", "Max", "BroadcastTo", "Reshape",
     "Transpose", "Permute", "ToDevice", "GetItem", "ScatterAdd", "Flip", "Pad", "Dilate",

@@ -314,8 +314,11 @@ def relu(a):
     return ReLU()(a)
 
 
+_RELU_GRAD = ReLUGrad()
+
+
 def relu_grad(g, y):
-    return ReLUGrad()(g, y)
+    return _RELU_GRAD(g, y)
 
 
 class Tanh(TensorOp):
@@ -326,7 +329,29 @@ class Tanh(TensorOp):
         return a.tanh()
 
     def gradient(self, out_grad, node):
-        return out_grad * (1 - node * node)
+        return tanh_grad(out_grad, node)
+
+
+class TanhGrad(TensorOp):
+    """g (1 - y^2): tanh's backward (one kernel) from its output y. Its own derivatives:
+    (1 - y^2) in g, -2 g y in y."""
+
+    __slots__ = ()
+    array_rule = True
+
+    def compute(self, g: NDArray, y: NDArray):
+        return g.device.tanh_grad(g, y)
+
+    def gradient(self, out_grad, node):
+        g, y = node.inputs
+        return tanh_grad(out_grad, y), out_grad * g * y * -2.0
+
+
+_TANH_GRAD = TanhGrad()  # stateless: one instance serves every call
+
+
+def tanh_grad(g, y):
+    return _TANH_GRAD(g, y)
 
 
 

@@ -37,6 +37,22 @@ void relu_grad(const float *g, const float *y, float *dx, ll n, int parts) {
 }
 
 
+typedef struct { const float *g, *y; float *dx; } tanh_grad_args;
+
+static void tanh_grad_task(const void *p, ll lo, ll hi, int part) {
+  const tanh_grad_args *a = p;
+  const float *restrict g = a->g, *restrict y = a->y;
+  float *restrict dx = a->dx;
+  (void)part;
+  for (ll i = lo; i < hi; ++i) dx[i] = (1.0f - y[i] * y[i]) * g[i];
+}
+
+/* dx = (1 - y^2) g: tanh's backward from its output y, over n elements */
+void tanh_grad(const float *g, const float *y, float *dx, ll n, int parts) {
+  tanh_grad_args a = {g, y, dx};
+  par_run(tanh_grad_task, &a, n, parts);
+}
+
 /* ---- binary operations on arrays of one layout, or an array and a number -------------------- */
 enum { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_RSUB, OP_RDIV };
 
