@@ -40,14 +40,15 @@ def test_direct_conv_equals_numpy_kernels(monkeypatch):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 16, 12, 12)).astype(np.float32)
     w = rng.standard_normal((3, 3, 16, 32)).astype(np.float32) * 0.1
+    b = rng.standard_normal(32).astype(np.float32)
     results = []
     for lib in (cpu_c.library(), None):
         monkeypatch.setattr(cpu_c, "library", lambda lib=lib: lib)
-        xt, wt = ndl.Tensor(x), ndl.Tensor(w)
-        y = ndl.ops.conv_nchw(xt, wt, stride=1, padding=1)
+        xt, wt, bt = ndl.Tensor(x), ndl.Tensor(w), ndl.Tensor(b)
+        y = ndl.ops.conv_nchw(xt, wt, bt, stride=1, padding=1)
         assert (y.op._saved[1].ndim == 4) == (lib is not None)  # padded input vs im2col
-        (y * y).sum().backward()
-        results.append([y.numpy(), xt.grad.numpy(), wt.grad.numpy()])
+        (y * y).sum().backward()  # the bias gradient in the weight gradient's pass, or not
+        results.append([y.numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 

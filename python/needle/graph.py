@@ -115,7 +115,8 @@ def reverse_pass(output, out_grad, create_graph, assign, stop=None, rule_nodes=N
     sequences (several outputs seeded at once); the walk does not go past nodes in `stop`.
     `rule_nodes(order)`, when given and the gradients are graphs, maps the nodes of the walk
     (inputs first) to the nodes their rules see instead (autograd: copies that hold the leaves
-    weakly); partials still go to each node's own inputs."""
+    weakly), or returns None (every node is its own); partials still go to each node's own
+    inputs."""
     saved = _MODE.grad_enabled
     _MODE.grad_enabled = create_graph and saved
     try:
@@ -129,7 +130,6 @@ def reverse_pass(output, out_grad, create_graph, assign, stop=None, rule_nodes=N
             roots = [output]
         order = find_topo_sort(roots, only_requiring_grad=True, stop=stop)
         seen = rule_nodes(order) if rule_nodes is not None and _MODE.grad_enabled else None
-        # (rule_nodes may return None too: every node is its own rule node)
         for node in reversed(order):
             grad = grads.get(node) if not assign else grads.pop(node, None)
             if grad is None:

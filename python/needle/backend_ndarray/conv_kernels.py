@@ -153,6 +153,15 @@ class ConvKernels:
             out += a[cut:].T @ g[cut:]
         return self._wrap(out.reshape(w_shape))
 
+    def conv_weight_bias_grad(self, saved, g, w_shape, stride: int, padding: int):
+        """(the weight gradient of `conv_weight_grad`, the bias gradient (C_out,): the sum of
+        the NHWC output gradient g over its pixels). Here two passes over g; a backend with
+        a direct kernel sums the bias in the weight gradient's pass."""
+        cout = w_shape[3]
+        g2 = g._array.reshape(-1, cout)
+        db = self._mm(self.xp.ones((1, g2.shape[0]), dtype=g2.dtype), g2).reshape(cout)
+        return self.conv_weight_grad(saved, g, w_shape, stride, padding), self._wrap(db)
+
     def conv_input_grad(self, g, w, shape, stride: int, padding: int):
         """d(conv)/d(input) for the NHWC output gradient g and weight w (KH, KW, C, C_out),
         onto an NHWC input of `shape`. Either one im2col matmul of the padded g with the

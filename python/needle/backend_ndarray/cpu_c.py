@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from .c_build import build_library, c_compiler
+from .cpu_parallel import _default_threads
 
 _SOURCE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 # one translation unit, in this order: pool.c defines what the others use
@@ -31,8 +32,7 @@ _SIGNATURES = {
     "pool_configure": ([_I, _I], None),
     "pool_noop": ([_LL, _I], _I),
     "blas_configure": ([_P, _I], None),
-    "gemm": ([_I, _I] + [_LL] * 4 + [_P, _LL, _LL, _P, _P, _LL, _LL, _P, ctypes.c_float, _P,
-                                       _LL, _LL, _I], _I),
+    "gemm": ([_I, _I] + [_LL] * 4 + [_P, _LL, _P, _P, _LL, _P, _P, _LL, _I], _I),
     "relu": ([_P, _P, _LL, _I], None),
     "relu_grad": ([_P, _P, _P, _LL, _I], None),
     "tanh_grad": ([_P, _P, _P, _LL, _I], None),
@@ -41,7 +41,7 @@ _SIGNATURES = {
     "col2im": ([_P, _P] + [_LL] * 10 + [_I], None),
     "conv_fwd": ([_P, _P, _P, _P] + [_LL] * 10 + [_I], None),
     "conv_wgrad": ([_P, _P, _P, _P] + [_LL] * 10 + [_I], None),
-    "conv_dgrad": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
+    "conv_dgrad": ([_P, _P, _P] + [_LL] * 11 + [_I], _I),
     "conv_dgrad_small": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
     "binary": ([_I, _P, _P, ctypes.c_float, _P, _LL, _I], None),
     "binary_rows": ([_I, _P, _P, _P, _LL, _LL, _I], None),
@@ -87,6 +87,8 @@ def library():
             for name, (args, res) in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 fn.argtypes, fn.restype = args, res
+            # the device's thread count; CPUDevice.set_num_threads changes it later
+            lib.pool_configure(_default_threads(), _SPIN)
         _GEMM.append(lib is not None and _connect_blas(lib))
         _LIB.append(lib)
     return _LIB[0]
@@ -166,17 +168,13 @@ def _ok(*arrays) -> bool:
     return all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
 
 
-def _dense_order(a):
-    """Axes of `a` by decreasing stride when its memory is dense (row-major in that order:
-    a C-contiguous array, or a permuted view of one), else None."""
+def _dense(a) -> bool:
+    """Whether the memory of `a` is dense: a C-contiguous array, or a permuted view of one
+    (an elementwise kernel then walks it as one flat run)."""
     if a.flags.c_contiguous:
-        return ()
-    order = tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
-    return order if a.transpose(order).flags.c_contiguous else None
-
-
-def _flat(a, order):
-    return (a if order == () else a.transpose(order)).reshape(-1)
+        return True
+    order = sorted(range(a.ndim), key=lambda i: -a.strides[i])
+    return a.transpose(order).flags.c_contiguous
 
 
 def _blas_layout(a2):
@@ -235,12 +233,9 @@ class CKernels:
         """Blocks a C kernel over `work` elements splits into (1: the calling thread)."""
         return self._threads.threads if work >= _MIN_PARALLEL else 1
 
-    def _lib(self):
-        lib = library()
-        if lib is not None and not self._threads.c_configured:
-            configure_pool(self._threads.threads)
-            self._threads.c_configured = True
-        return lib
+    @staticmethod
+    def _lib():
+        return library()  # (looked up in this module on each call: tests swap it)
 
     # ---- matrix products -------------------------------------------------------------------
     def _mm(self, a, b, out=None):
@@ -257,29 +252,29 @@ class CKernels:
             out = np.empty(shape, dtype=np.float32)
         elif out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             return super()._mm(a, b, out)
-        oa = ob = None
-        if b.ndim == 2 and a.ndim > 2 and _merges(a):  # (..., M, K) @ (K, N): one product
+        oa = ob = None  # item offsets of a batch (ob None: every item uses b itself)
+        if a.ndim == 2 or (b.ndim == 2 and _merges(a)):  # one product of a.size // k rows
             batch, rows, a2, b2 = 1, a.size // k, a.reshape(-1, k), b
         else:  # products over the leading axes, each operand read where it lies
             batch, rows = a.size // (m * k), m
             a2, b2 = _first_matrix(a), _first_matrix(b)
-            oa = _item_offsets(a)
-            ob = _item_offsets(b) if b.ndim > 2 else np.zeros(batch, np.int64)
+            if batch > 1:
+                oa = _item_offsets(a)
+                ob = _item_offsets(b) if b.ndim > 2 else None
         la, lb = _blas_layout(a2), _blas_layout(b2)
-        if la is None or lb is None or (oa is not None and (oa is False or ob is False)):
+        if la is None or lb is None or oa is False or ob is False:
             return super()._mm(a, b, out)
-        lib.gemm(la[0], lb[0], batch, rows, n, k, _ptr(a2), la[1], 0,
-                 None if oa is None else _ptr(oa), _ptr(b2), lb[1], 0,
-                 None if ob is None else _ptr(ob), 0.0, _ptr(out), n,
-                 rows * n if batch > 1 else 0, self._threads.threads)
+        lib.gemm(la[0], lb[0], batch, rows, n, k, _ptr(a2), la[1],
+                 None if oa is None else _ptr(oa), _ptr(b2), lb[1],
+                 None if ob is None else _ptr(ob), _ptr(out), n, self._threads.threads)
         return out
 
     # ---- ReLU -----------------------------------------------------------------------------
     def relu(self, x, out=None):
         lib = self._lib()
         a = x._array
-        order = _dense_order(a) if lib is not None and a.dtype == np.float32 else None
-        if order is None or (out is not None and out._array.strides != a.strides):
+        if (lib is None or a.dtype != np.float32 or not _dense(a)
+                or (out is not None and out._array.strides != a.strides)):
             return super().relu(x, out)
         y = np.empty_like(a) if out is None else out._array  # the same layout as x
         lib.relu(_ptr(a), _ptr(y), a.size, self._parts(a.size))
@@ -291,8 +286,7 @@ class CKernels:
         if (lib is None or gn.dtype != np.float32 or yn.dtype != np.float32
                 or gn.shape != yn.shape):
             return super().relu_grad(g, y, out)
-        order = _dense_order(yn)
-        if order is None or (out is not None and out._array.strides != yn.strides):
+        if not _dense(yn) or (out is not None and out._array.strides != yn.strides):
             return super().relu_grad(g, y, out)
         if gn.strides != yn.strides:  # e.g. a broadcast gradient (a mean's backward)
             g_in_layout = np.empty_like(yn)
@@ -308,8 +302,8 @@ class CKernels:
             return super().tanh_grad(g, y, out)
         lib = self._lib()
         if (lib is None or gn.dtype != np.float32 or yn.dtype != np.float32
-                or gn.shape != yn.shape or yn.size < _MIN_PARALLEL or gn.strides != yn.strides
-                or _dense_order(yn) is None
+                or gn.shape != yn.shape or gn.strides != yn.strides
+                or not _dense(yn)
                 or (out is not None and out._array.strides != yn.strides)):
             return super().tanh_grad(g, y, out)
         dx = np.empty_like(yn) if out is None else out._array
@@ -324,8 +318,7 @@ class CKernels:
         lib = self._lib()
         if lib is None or a.dtype != np.float32:
             return None
-        order = _dense_order(a)
-        if order is None:
+        if not _dense(a):
             return None
         if isinstance(b, np.ndarray):
             if b.dtype != np.float32:
@@ -474,7 +467,6 @@ class CKernels:
                               self._parts(gc.size))
         return self._wrap(out)
 
-
     # ---- LSTM time loops ------------------------------------------------------------------
     def lstm_fwd(self, xw, w_hh, h0, c0):
         lib = self._lib()
@@ -491,11 +483,11 @@ class CKernels:
 
     def lstm_bwd(self, g_h, g_hl, g_cl, hs, cs, tcs, acts, w_hh, h0, c0):
         lib = self._lib()
-        grads = [None if g is None else np.ascontiguousarray(g._array, dtype=np.float32)
-                 for g in (g_h, g_hl, g_cl)]
         arrays = (cs._array, tcs._array, acts._array, w_hh._array, c0._array)
         if lib is None or not _GEMM[0] or not _ok(*arrays):
             return super().lstm_bwd(g_h, g_hl, g_cl, hs, cs, tcs, acts, w_hh, h0, c0)
+        grads = [None if g is None else np.ascontiguousarray(g._array, dtype=np.float32)
+                 for g in (g_h, g_hl, g_cl)]
         steps, batch, hid = cs.shape
         dgates = np.empty_like(arrays[2])
         dh0, dc0 = np.empty((batch, hid), np.float32), np.empty((batch, hid), np.float32)
@@ -508,5 +500,6 @@ class CKernels:
     def _seq_parts(self, batch: int, size: int) -> int:
         """Threads for a time loop split by batch rows (at least 8 rows each)."""
         return max(1, min(self._parts(size), batch // 8))
+
 
 _EWISE_OPS = {"add": 0, "sub": 1, "mul": 2, "div": 3, "rsub": 4, "rdiv": 5}

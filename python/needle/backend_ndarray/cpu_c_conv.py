@@ -82,6 +82,17 @@ class CConvKernels:
         lib = self._lib()
         if saved.ndim != 4 or lib is None:  # an im2col matrix (the base class's form)
             return super().conv_weight_grad(saved, g, w_shape, stride, padding)
+        return self._wrap(self._wgrad(lib, saved, g, w_shape, stride, False)[0])
+
+    def conv_weight_bias_grad(self, saved, g, w_shape, stride, padding):
+        lib = self._lib()
+        if saved.ndim != 4 or lib is None:
+            return super().conv_weight_bias_grad(saved, g, w_shape, stride, padding)
+        dw, db = self._wgrad(lib, saved, g, w_shape, stride, True)
+        return self._wrap(dw), self._wrap(db)
+
+    def _wgrad(self, lib, saved, g, w_shape, stride, bias: bool):
+        """(dw, db or None) from the padded input `saved` in one pass over g."""
         xpad = saved._array
         gn = np.ascontiguousarray(g._array, dtype=np.float32)
         kh, kw, cin, cout = w_shape
@@ -89,9 +100,11 @@ class CConvKernels:
         ho, wo = gn.shape[1:3]
         size = kh * kw * cin * cout
         dw = np.empty(size + cout, dtype=np.float32)  # the kernel's room for a bias sum
-        lib.conv_wgrad(_ptr(xpad), _ptr(gn), _ptr(dw), None, n, hp, wp, cin, kh, kw, cout,
-                       stride, ho, wo, self._parts(gn.size * kh * kw * cin // 16))
-        return self._wrap(dw[:size].reshape(w_shape))
+        db = np.empty(cout, dtype=np.float32) if bias else None
+        lib.conv_wgrad(_ptr(xpad), _ptr(gn), _ptr(dw), None if db is None else _ptr(db), n,
+                       hp, wp, cin, kh, kw, cout, stride, ho, wo,
+                       self._parts(gn.size * kh * kw * cin // 16))
+        return dw[:size].reshape(w_shape), db
 
     def conv_input_grad(self, g, w, shape, stride, padding):
         lib = self._lib()
@@ -107,7 +120,8 @@ class CConvKernels:
                 self._parts(gn.size * kh * kw * cin // 16))
         if cin % 16 == 0:
             wt = np.ascontiguousarray(w._array.transpose(0, 1, 3, 2))  # (KH, KW, C_out, C)
-            lib.conv_dgrad(_ptr(gn), _ptr(wt), _ptr(dx), *dims)
+            if lib.conv_dgrad(_ptr(gn), _ptr(wt), _ptr(dx), *dims):
+                raise MemoryError(f"conv: out of memory for the input gradient of {shape}")
         else:
             wn = np.ascontiguousarray(w._array)
             lib.conv_dgrad_small(_ptr(gn), _ptr(wn), _ptr(dx), *dims)

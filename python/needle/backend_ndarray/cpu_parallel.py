@@ -66,7 +66,6 @@ class RowThreads:
 
     def __init__(self, threads: int | None = None):
         self.threads = threads or _default_threads()
-        self.c_configured = False  # cpu_c.py: the C pool told this thread count
         self._pool = None
         self._pid = None
         self._lock = threading.Lock()

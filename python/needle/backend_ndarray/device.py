@@ -15,7 +15,7 @@ from .conv_kernels import ConvKernels
 from .cpu_c import CKernels
 from .cpu_c_conv import CConvKernels
 from .cpu_parallel import ParallelCPUKernels, RowThreads, keep_freed_memory
-from .seq_kernels import SequenceKernels
+from .seq_kernels import SequenceKernels, softmax_
 
 _NDARRAY = None  # ndarray.NDArray, imported on first use (ndarray.py imports this module)
 
@@ -183,13 +183,9 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
     def softmax(self, x, axes):
         """exp(x) / sum(exp(x)) over `axes` (a tuple), stably; a slice that is all -inf gives
         zeros, not nan."""
-        xp = self.xp
         a = x._array
-        m = a.max(axis=axes, keepdims=True)
-        e = xp.exp(a - xp.where(xp.isfinite(m), m, 0))
-        s = e.sum(axis=axes, keepdims=True)
-        e /= xp.where(s == 0, 1, s)
-        return self._wrap(e)
+        s = a.astype(np.result_type(a.dtype, np.float32), copy=True)
+        return self._wrap(softmax_(self.xp, s, axes))
 
     def relu(self, x, out=None):
         """max(x, 0), in the layout of x (a NaN stays NaN); into the NDArray `out` when
@@ -447,8 +443,9 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
 
 
 class CPUDevice(CConvKernels, CKernels, ParallelCPUKernels, Device):
-    """The CPU backend over NumPy (and the BLAS NumPy links); its large row-wise kernels run
-    on several threads (cpu_parallel.py), conv windows and batch norm in C (cpu_c.py)."""
+    """The CPU backend over NumPy (and the BLAS NumPy links); its heavy kernels are C on
+    its own threads (cpu_c.py, cpu_c_conv.py), with the NumPy kernels (cpu_parallel.py's
+    row-parallel ones, the base class's) where no C compiler works."""
 
     name = "cpu"
     xp = np

@@ -330,10 +330,16 @@ def _probs(xp, q, k, mask, scale, mm):
     s *= scale
     if mask is not None:
         s += mask
-    m = s.max(axis=-1, keepdims=True)
-    s -= xp.where(xp.isfinite(m), m, 0)  # a fully masked row stays -inf: exp gives 0
+    return softmax_(xp, s, -1)
+
+
+def softmax_(xp, s, axes):
+    """softmax over `axes` in place on the native float array s, stably: a slice that is all
+    -inf stays -inf through the shift, so exp gives zeros and the sum 0 (not nan)."""
+    m = s.max(axis=axes, keepdims=True)
+    s -= xp.where(xp.isfinite(m), m, 0)
     xp.exp(s, out=s)
-    total = s.sum(axis=-1, keepdims=True)
+    total = s.sum(axis=axes, keepdims=True)
     s /= xp.where(total == 0, 1, total)
     return s
 

@@ -6,7 +6,8 @@ added in place: its output is an NCHW view of NHWC memory, so a net of them neve
 between layouts. Both are one fused op, `Conv`: the forward is `Device.conv_forward`, which
 returns the output and the operand its weight gradient needs (the im2col matrix for NumPy's
 im2col + matmul kernels, the padded input for the CPU's direct C kernels, cpu_c.py); the fast
-backward hands that to `Device.conv_weight_grad` and computes the input gradient with
+backward hands that to `Device.conv_weight_grad` (`conv_weight_bias_grad` with a bias: one
+pass over the output gradient for both) and computes the input gradient with
 `Device.conv_input_grad`; the composed gradient (a conv of the dilated, padded output
 gradient with the flipped weight, and a conv of the input with the dilated output gradient) is
 what second derivatives differentiate.
@@ -128,7 +129,12 @@ class Conv(FusedOp):
         kh, kw, cin, cout = b.shape
         gh = g.permute(_TO_NHWC) if self.nchw else g
         gw = gx = gb = None
-        if needs[1]:
+        bias = len(inputs) == 3 and needs[2]
+        if needs[1] and bias:  # one pass over g for both
+            gw, gb = a.device.conv_weight_bias_grad(self._forward_state(a, b), gh, b.shape,
+                                                    self.stride, self.padding)
+            gb = gb.reshape(inputs[2].shape)
+        elif needs[1]:
             gw = a.device.conv_weight_grad(self._forward_state(a, b), gh, b.shape,
                                            self.stride, self.padding)
         if needs[0]:
@@ -138,7 +144,7 @@ class Conv(FusedOp):
                 gx = gx.permute(_TO_NCHW)
         if len(inputs) == 2:
             return gx, gw
-        if needs[2]:
+        if bias and gb is None:  # the bias alone
             g2 = gh.reshape((-1, cout))  # (N*Ho*Wo, C_out); a view when g is NHWC in memory
             ones = g.device.ones((1, g2.shape[0]), dtype=g2.dtype)
             gb = (ones @ g2).reshape(inputs[2].shape)

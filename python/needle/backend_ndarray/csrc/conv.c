@@ -331,18 +331,20 @@ static void conv_dgrad_task(const void *p, ll n0, ll n1, int part) {
 
 /* dx (N, H, W, CI) = the adjoint of conv_fwd (padding P) applied to g (N, HO, WO, CO), with
    wt (KH, KW, CO, CI) (the weight, its last two axes swapped). Each image is summed into a
-   padded buffer that stays in cache and then cropped into dx. CI % 16 == 0 */
-void conv_dgrad(const float *g, const float *wt, float *dx, ll N, ll H, ll W, ll P, ll CI,
+   padded buffer that stays in cache and then cropped into dx. CI % 16 == 0; 0 on success,
+   -1 when the padded buffers cannot be allocated */
+int conv_dgrad(const float *g, const float *wt, float *dx, ll N, ll H, ll W, ll P, ll CI,
                 ll KH, ll KW, ll CO, ll S, ll HO, ll WO, int parts) {
   const ll HP = H + 2 * P, WP = W + 2 * P;  /* P: the padding (the pool is `pool`) */
   if (parts > pool.threads) parts = pool.threads;
   if (parts > N) parts = (int)N;
   if (parts < 1) parts = 1;
   float *pad = malloc((size_t)parts * HP * WP * CI * sizeof(float));
-  if (!pad) return;
+  if (!pad) return -1;
   dgrad_args a = {{NULL, wt, NULL, g, dx, HP, WP, CI, KH, KW, CO, S, HO, WO, 0}, H, W, P, pad};
   par_run(conv_dgrad_task, &a, N, parts);
   free(pad);
+  return 0;
 }
 
 /* ---- the input gradient of a convolution with few input channels (C_in < 16) ---------------- */

@@ -29,11 +29,10 @@ static void sgemm(int ta, int tb, ll M, ll N, ll K, const float *A, ll lda, cons
 
 typedef struct {
   int ta, tb, by_cols;
-  ll M, N, K, lda, ldb, ldc, sa, sb, sc;  /* s*: element strides between batch items */
-  const ll *oa, *ob;                      /* or element offsets of each item (not NULL) */
+  ll M, N, K, lda, ldb, ldc;
+  const ll *oa, *ob; /* a batch: element offsets of each item of A and of B (NULL: all 0) */
   const float *A, *B;
   float *C;
-  float beta;
 } gemm_args;
 
 #define GEMM_UNIT 16 /* rows or columns per unit of work */
@@ -41,46 +40,38 @@ typedef struct {
 static void gemm_task(const void *p, ll lo, ll hi, int part) {
   const gemm_args *g = p;
   (void)part;
-  if (g->sc) { /* a batch: whole products [lo, hi) */
+  if (g->oa) { /* a batch: whole products [lo, hi), C's items one after the other */
     for (ll i = lo; i < hi; ++i)
-      sgemm(g->ta, g->tb, g->M, g->N, g->K, g->A + (g->oa ? g->oa[i] : i * g->sa), g->lda,
-            g->B + (g->ob ? g->ob[i] : i * g->sb), g->ldb, g->beta, g->C + i * g->sc, g->ldc);
+      sgemm(g->ta, g->tb, g->M, g->N, g->K, g->A + g->oa[i], g->lda,
+            g->B + (g->ob ? g->ob[i] : 0), g->ldb, 0.0f, g->C + i * g->M * g->ldc, g->ldc);
     return;
   }
   if (g->by_cols) { /* columns [c0, c1) of op(B) and C */
     const ll c0 = lo * GEMM_UNIT, c1 = hi * GEMM_UNIT < g->N ? hi * GEMM_UNIT : g->N;
     if (c1 > c0)
       sgemm(g->ta, g->tb, g->M, c1 - c0, g->K, g->A, g->lda, g->B + (g->tb ? c0 * g->ldb : c0),
-            g->ldb, g->beta, g->C + c0, g->ldc);
+            g->ldb, 0.0f, g->C + c0, g->ldc);
   } else { /* rows [r0, r1) of op(A) and C */
     const ll r0 = lo * GEMM_UNIT, r1 = hi * GEMM_UNIT < g->M ? hi * GEMM_UNIT : g->M;
     if (r1 > r0)
       sgemm(g->ta, g->tb, r1 - r0, g->N, g->K, g->A + (g->ta ? r0 : r0 * g->lda), g->lda,
-            g->B, g->ldb, g->beta, g->C + r0 * g->ldc, g->ldc);
+            g->B, g->ldb, 0.0f, g->C + r0 * g->ldc, g->ldc);
   }
 }
 
-/* C[i] = op(A[i]) op(B[i]) + beta C[i] for i < batch, row-major with leading dimensions
-   lda, ldb, ldc; item i of A starts at element oa[i] (or i sa when oa is NULL), of B at ob[i]
-   (or i sb), of C at i sc; op is a transpose when ta/tb. One product is split into blocks of
-   rows (or of columns when C is wider than tall), a batch into runs of whole products. -1
-   when no sgemm was configured. */
-int gemm(int ta, int tb, ll batch, ll M, ll N, ll K, const float *A, ll lda, ll sa,
-         const ll *oa, const float *B, ll ldb, ll sb, const ll *ob, float beta, float *C,
-         ll ldc, ll sc, int parts) {
+/* C = op(A) op(B), row-major with leading dimensions lda, ldb, ldc; op is a transpose when
+   ta/tb. With oa not NULL, a batch of `batch` products: item i of A starts at element oa[i],
+   of B at ob[i] (ob NULL: the same B for all), of C at i M ldc; runs of whole products go to
+   the threads. Else one product, split into blocks of rows (or of columns when C is wider
+   than tall). -1 when no sgemm was configured. */
+int gemm(int ta, int tb, ll batch, ll M, ll N, ll K, const float *A, ll lda, const ll *oa,
+         const float *B, ll ldb, const ll *ob, float *C, ll ldc, int parts) {
   if (!blas_sgemm) return -1;
-  gemm_args g = {ta, tb, N > M, M, N, K, lda, ldb, ldc, sa, sb, sc, oa, ob, A, B, C, beta};
-  if (batch > 1) {
-    par_run(gemm_task, &g, batch, parts);
-  } else {
-    g.sa = g.sb = g.sc = 0;
-    g.oa = g.ob = NULL;
-    const ll units = ((g.by_cols ? N : M) + GEMM_UNIT - 1) / GEMM_UNIT;
-    par_run(gemm_task, &g, units, parts);
-  }
+  gemm_args g = {ta, tb, N > M, M, N, K, lda, ldb, ldc, oa, ob, A, B, C};
+  const ll units = oa ? batch : ((g.by_cols ? N : M) + GEMM_UNIT - 1) / GEMM_UNIT;
+  par_run(gemm_task, &g, units, parts);
   return 0;
 }
-
 
 /* ---- products of a few rows ---------------------------------------------------------------- */
 /* C (M, N) = A (M, K) B (K, N) + beta C, all row-major, N % 16 == 0: blocks of up to 8 rows x 32

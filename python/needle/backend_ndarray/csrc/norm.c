@@ -8,10 +8,25 @@ typedef struct {
   ll C, stride;
 } bn_args;
 
-/* room for `parts` blocks of 2 C doubles, each starting on its own cache line */
-static double *bn_partials(int parts, ll C, ll *stride) {
-  *stride = (2 * C + 7) / 8 * 8 + 8;
-  return aligned_alloc(64, (size_t)parts * *stride * sizeof(double));
+/* Runs `task` (each part accumulating 2 C float64 sums into its own cache lines of a scratch
+   buffer) over the R rows and adds the parts in order into s and q (C each); 0 on success */
+static int bn_sums(task_fn task, bn_args *a, ll R, int parts, double *s, double *q) {
+  const ll C = a->C;
+  if (parts > pool.threads) parts = pool.threads;
+  if (parts < 1) parts = 1;
+  a->stride = (2 * C + 7) / 8 * 8 + 8;
+  a->parts = aligned_alloc(64, (size_t)parts * a->stride * sizeof(double));
+  if (!a->parts) return -1;
+  const int ran = par_run(task, a, R, parts);
+  for (ll c = 0; c < C; ++c) {
+    s[c] = q[c] = 0.0;
+    for (int k = 0; k < ran; ++k) {
+      s[c] += a->parts[k * a->stride + c];
+      q[c] += a->parts[k * a->stride + C + c];
+    }
+  }
+  free(a->parts);
+  return 0;
 }
 
 /* sums of (x - k) and (x - k)^2 per channel, k = the first row (a shift that keeps the
@@ -33,26 +48,15 @@ static void bn_stats_task(const void *p, ll r0, ll r1, int part) {
 }
 
 /* mean and biased variance (float64) of each channel of x (R, C); 0 on success */
-int bn_stats(const float *x, ll R, ll C, double *mean, double *var, int parts) {
-  if (parts > pool.threads) parts = pool.threads;
-  if (parts < 1) parts = 1;
-  ll stride;
-  double *buf = bn_partials(parts, C, &stride);
-  if (!buf) return -1;
-  bn_args a = {.x = x, .parts = buf, .C = C, .stride = stride};
-  const int ran = par_run(bn_stats_task, &a, R, parts);
-  for (ll c = 0; c < C; ++c) {
-    double s = 0.0, q = 0.0;
-    for (int k = 0; k < ran; ++k) {
-      s += buf[k * stride + c];
-      q += buf[k * stride + C + c];
-    }
-    const double m = s / R;
+static int bn_stats(const float *x, ll R, ll C, double *mean, double *var, int parts) {
+  bn_args a = {.x = x, .C = C};
+  if (bn_sums(bn_stats_task, &a, R, parts, mean, var)) return -1;
+  for (ll c = 0; c < C; ++c) { /* from the shifted sums */
+    const double m = mean[c] / R;
     mean[c] = m + x[c];
-    var[c] = q / R - m * m;
+    var[c] = var[c] / R - m * m;
     if (var[c] < 0.0) var[c] = 0.0;
   }
-  free(buf);
   return 0;
 }
 
@@ -68,8 +72,8 @@ static void bn_apply_task(const void *p, ll r0, ll r1, int part) {
 }
 
 /* y = (x - mean) * scale + shift, per channel of the rows of x (R, C) */
-void bn_apply(const float *x, float *y, ll R, ll C, const float *mean, const float *scale,
-              const float *shift, int parts) {
+static void bn_apply(const float *x, float *y, ll R, ll C, const float *mean,
+                     const float *scale, const float *shift, int parts) {
   bn_args a = {.x = x, .y = y, .mean = mean, .scale = scale, .shift = shift, .C = C};
   par_run(bn_apply_task, &a, R, parts);
 }
@@ -90,27 +94,10 @@ static void bn_bwd_sums_task(const void *p, ll r0, ll r1, int part) {
 
 /* db = sum dy and dw = sum dy * (x - mean) * rstd over the rows, per channel (float64);
    0 on success */
-int bn_bwd_sums(const float *dy, const float *x, ll R, ll C, const float *mean,
-                const float *rstd, double *db, double *dw, int parts) {
-  if (parts > pool.threads) parts = pool.threads;
-  if (parts < 1) parts = 1;
-  ll stride;
-  double *buf = bn_partials(parts, C, &stride);
-  if (!buf) return -1;
-  bn_args a = {.x = x, .dy = dy, .mean = mean, .rstd = rstd, .parts = buf, .C = C,
-               .stride = stride};
-  const int ran = par_run(bn_bwd_sums_task, &a, R, parts);
-  for (ll c = 0; c < C; ++c) {
-    double s = 0.0, q = 0.0;
-    for (int k = 0; k < ran; ++k) {
-      s += buf[k * stride + c];
-      q += buf[k * stride + C + c];
-    }
-    db[c] = s;
-    dw[c] = q;
-  }
-  free(buf);
-  return 0;
+static int bn_bwd_sums(const float *dy, const float *x, ll R, ll C, const float *mean,
+                       const float *rstd, double *db, double *dw, int parts) {
+  bn_args a = {.x = x, .dy = dy, .mean = mean, .rstd = rstd, .C = C};
+  return bn_sums(bn_bwd_sums_task, &a, R, parts, db, dw);
 }
 
 static void bn_bwd_dx_task(const void *p, ll r0, ll r1, int part) {
@@ -128,9 +115,9 @@ static void bn_bwd_dx_task(const void *p, ll r0, ll r1, int part) {
 }
 
 /* dx = scale * (dy - mdb - xh * mdw), xh = (x - mean) * rstd, per channel of the rows */
-void bn_bwd_dx(const float *dy, const float *x, float *dx, ll R, ll C, const float *mean,
-               const float *rstd, const float *scale, const float *mdb, const float *mdw,
-               int parts) {
+static void bn_bwd_dx(const float *dy, const float *x, float *dx, ll R, ll C,
+                      const float *mean, const float *rstd, const float *scale,
+                      const float *mdb, const float *mdw, int parts) {
   bn_args a = {.x = x, .dy = dy, .y = dx, .mean = mean, .rstd = rstd, .scale = scale,
                .mdb = mdb, .mdw = mdw, .C = C};
   par_run(bn_bwd_dx_task, &a, R, parts);
