@@ -238,16 +238,16 @@ def _python_function_into(kernel, xp, ns, names):
                 args.append("o" if chain else f"t{x}")
             else:
                 args.append(f"{k}{x}")
-        if op in _UFUNC:
+        if op == "relu":
+            call = f"xp.maximum({args[0]}, 0"
+        elif op in _UFUNC:
             call = f"xp.{_UFUNC[op]}({', '.join(args)}"
-        else:  # no ufunc: the expression, copied into out
+        else:  # no ufunc (the backwards of ReLU and tanh): the expression, copied into out
             dest = "o" if chain or j == last else f"t{j}"
             if dest != "o":
                 lines.append(f"    t{j} = xp.empty({kernel.shape!r}, dtype='float32')")
             lines.append(f"    xp.copyto({dest}, {_PY[op].format(*args)})")
             continue
-        if op == "relu":
-            call = f"xp.maximum({args[0]}, 0"
         if chain or j == last:
             lines.append(f"    {call}, out=o)")
         else:

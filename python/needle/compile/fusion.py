@@ -1,9 +1,9 @@
 """Fusing chains of elementwise kernels of a recording into one kernel each.
 
 A recorded event is *fusible* when it is one of the NDArray elementwise methods in `_OPS`
-or the Device kernels in `_DEVICE_OPS` (ReLU's and tanh's backward, ReLU) on float32 values, with
-Python numbers or scalar slots as the other operands. Walking the
-events in order, a fusible event joins the group whose last result it consumes when
+or one of the elementwise Device kernels in `_DEVICE_OPS` (ReLU and the backwards of ReLU and
+tanh) on float32 values, with Python numbers or scalar slots as the other operands. Walking
+the events in order, a fusible event joins the group whose last result it consumes when
 
 - that result is used nowhere else (not by another kernel, not returned, not a gradient);
 - it has the group's shape (the group's inputs may broadcast, its steps do not); and
@@ -43,8 +43,8 @@ class _Group:
         self.leaves = set()
 
 
-# Device kernel -> fused op (its arguments after the device: the operands in order)
-_DEVICE_OPS = {"relu": "relu", "relu_grad": "relu_grad", "tanh_grad": "tanh_grad"}
+# Device kernels that are fused ops of the same name (operands: the arguments after the device)
+_DEVICE_OPS = {"relu", "relu_grad", "tanh_grad"}
 
 
 def _fusible(e, values):
@@ -56,7 +56,7 @@ def _fusible(e, values):
         name, swapped = _OPS[method]
         args = [e.args[1], e.args[0]] if swapped else list(e.args)
     elif owner != "NDArray" and method in _DEVICE_OPS:
-        name, args = _DEVICE_OPS[method], list(e.args[1:])
+        name, args = method, list(e.args[1:])
     else:
         return None
     if values[e.outputs].dtype != "float32":

@@ -29,7 +29,8 @@ void pad_nhwc(const float *x, float *out, ll N, ll H, ll W, ll C, ll P, int part
 }
 
 /* ---- im2col / col2im ----------------------------------------------------------------------- */
-typedef struct { const float *x; float *cols; ll H, W, C, KH, KW, S, P, HO, WO; } win_args;
+/* src: the images (im2col) or the window values (col2im); dst: the other */
+typedef struct { const float *src; float *dst; ll H, W, C, KH, KW, S, P, HO, WO; } win_args;
 
 static void im2col_task(const void *p, ll n0, ll n1, int part) {
   const win_args *a = p;
@@ -37,8 +38,8 @@ static void im2col_task(const void *p, ll n0, ll n1, int part) {
   const ll H = a->H, W = a->W, C = a->C, KH = a->KH, KW = a->KW, S = a->S, P = a->P;
   const ll HO = a->HO, WO = a->WO, run = KW * C;
   for (ll n = n0; n < n1; ++n) {
-    const float *xn = a->x + n * H * W * C;
-    float *dst = a->cols + n * HO * WO * KH * run;
+    const float *xn = a->src + n * H * W * C;
+    float *dst = a->dst + n * HO * WO * KH * run;
     for (ll ho = 0; ho < HO; ++ho) {
       for (ll wo = 0; wo < WO; ++wo) {
         const ll x0 = wo * S - P;
@@ -78,8 +79,8 @@ static void col2im_task(const void *p, ll n0, ll n1, int part) {
   const ll H = a->H, W = a->W, C = a->C, KH = a->KH, KW = a->KW, S = a->S, P = a->P;
   const ll HO = a->HO, WO = a->WO;
   for (ll n = n0; n < n1; ++n) {
-    float *dxn = (float *)a->x + n * H * W * C; /* the output, see col2im */
-    const float *g = a->cols + n * HO * WO * KH * KW * C;
+    float *dxn = a->dst + n * H * W * C;
+    const float *g = a->src + n * HO * WO * KH * KW * C;
     memset(dxn, 0, H * W * C * sizeof(float));
     for (ll ho = 0; ho < HO; ++ho)
       for (ll wo = 0; wo < WO; ++wo)
@@ -99,7 +100,7 @@ static void col2im_task(const void *p, ll n0, ll n1, int part) {
    d is read in memory order, each window added onto dx in turn. */
 void col2im(const float *d, float *dx, ll N, ll H, ll W, ll C, ll KH, ll KW, ll S, ll P,
             ll HO, ll WO, int parts) {
-  win_args a = {dx, (float *)d, H, W, C, KH, KW, S, P, HO, WO};
+  win_args a = {d, dx, H, W, C, KH, KW, S, P, HO, WO};
   par_run(col2im_task, &a, N, parts);
 }
 
