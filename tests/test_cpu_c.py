@@ -353,3 +353,35 @@ def test_tanh_grad_equals_numpy_kernel():
                                base.tanh_grad(ndl.NDArray(g), ndl.NDArray(y)).numpy(),
                                rtol=1e-6, atol=1e-6)
 
+
+
+@pytest.mark.parametrize("shape,k,stride,pad,channels_last", [
+    ((4, 3, 9, 9), 2, 2, 0, False), ((4, 32, 12, 12), 2, 2, 0, True),
+    ((2, 5, 7, 8), 3, 2, 1, False), ((2, 70, 7, 8), 3, 1, 1, True), ((1, 1, 5, 5), 3, 3, 1, False)])
+def test_max_pool_and_its_scatter_equal_numpy_kernels(shape, k, stride, pad, channels_last):
+    """Values, first-maximum indices (ties, NaN) and the gradient scatter (overlapping windows
+    sum) of the C kernels against the NumPy kernels, on NCHW memory and on NCHW views of
+    channels-last memory (whose results stay channels-last)."""
+    from needle.backend_ndarray.device import Device
+    dev = ndl.cpu()
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, :3] = 1.0  # a tie: the first maximum wins
+    x[-1, -1, -1, -1] = np.nan  # NaN is the maximum of its window
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    a = dev._wrap(x)
+    out, idx = dev.max_pool2d(a, k, stride, pad)
+    ref_out, ref_idx = Device.max_pool2d(dev, a, k, stride, pad)
+    np.testing.assert_array_equal(out.numpy(), ref_out.numpy())
+    np.testing.assert_array_equal(idx.numpy(), ref_idx.numpy())
+    assert (out._array.strides[1] == 4) == channels_last  # the layout of the input
+    gn = rng.standard_normal(out.shape).astype(np.float32)
+    for g in (dev._wrap(gn), dev._wrap(np.ascontiguousarray(gn.transpose(0, 2, 3, 1))
+                                       .transpose(0, 3, 1, 2))):
+        dx = dev.scatter_flat(g, idx, shape)
+        np.testing.assert_allclose(dx.numpy(), Device.scatter_flat(dev, g, idx, shape).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(IndexError, match="scatter_flat"):
+        dev.scatter_flat(g, dev._wrap(idx.numpy() + x.size), shape)
+

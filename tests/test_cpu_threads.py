@@ -205,3 +205,15 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) // 10)
     if out[0] != "True":
         pytest.skip("not glibc: the allocator setting does not apply")
     assert int(out[1]) < 2000, out
+
+
+def test_c_kernels_build_wherever_a_compiler_is_found():
+    """A compile error in csrc/ must not pass for "no compiler" (every C kernel test would
+    then skip and the NumPy kernels run unnoticed)."""
+    import os
+
+    from needle.backend_ndarray import cpu_c
+    from needle.backend_ndarray.c_build import c_compiler
+    if os.environ.get("NEEDLE_CPU_C", "1").strip() == "0" or c_compiler() is None:
+        pytest.skip("the C kernels are off, or there is no C compiler")
+    assert cpu_c.library() is not None

@@ -58,6 +58,8 @@ _SIGNATURES = {
     "lstm_bwd": ([_P] * 11 + [_LL] * 3 + [_I], _I),
     "bn_forward": ([_P, _P, _P, ctypes.c_float, _P, _P, _P, _P, _LL, _LL, _I], _I),
     "bn_backward": ([_P] * 8 + [_LL, _LL, _I], _I),
+    "max_pool2d": ([_P] * 6 + [_LL] * 5 + [_I], None),
+    "scatter_flat": ([_P, _P, _P, _LL, _LL, _P, _P, _I], _I),
 }
 # Below this many elements (or multiply-adds / 16) a kernel runs on the calling thread alone.
 _MIN_PARALLEL = 1 << 15

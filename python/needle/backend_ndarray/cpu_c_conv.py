@@ -7,9 +7,25 @@ the NumPy kernel of the next class (ParallelCPUKernels, Device) for what it does
 """
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 
-from .cpu_c import _ok, _ptr
+from .cpu_c import _dense, _ok, _ptr
+
+
+def _dims(values, itemsize: int = 0):
+    """A C array of int64: `values`, or byte strides divided by `itemsize`."""
+    return (ctypes.c_longlong * len(values))(*(v // itemsize if itemsize else v
+                                               for v in values))
+
+
+def _like_order(a, shape, dtype):
+    """An empty array of `shape` whose memory order of axes is that of `a` (a channels-last
+    NCHW view gives a channels-last result)."""
+    order = sorted(range(a.ndim), key=lambda i: -a.strides[i])
+    back = sorted(range(a.ndim), key=lambda i: order[i])
+    return np.empty(tuple(shape[i] for i in order), dtype).transpose(back)
 
 
 class CConvKernels:
@@ -125,6 +141,40 @@ class CConvKernels:
         else:
             wn = np.ascontiguousarray(w._array)
             lib.conv_dgrad_small(_ptr(gn), _ptr(wn), _ptr(dx), *dims)
+        return self._wrap(dx)
+
+    # ---- max pooling (NCHW shapes, any memory order) ------------------------------------
+    def max_pool2d(self, x, k: int, stride: int, padding: int):
+        lib = self._lib()
+        a = x._array
+        if lib is None or a.dtype != np.float32 or a.ndim != 4 or padding >= k:
+            return super().max_pool2d(x, k, stride, padding)
+        n, c, h, w = a.shape
+        ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+        out = _like_order(a, (n, c, ho, wo), np.float32)
+        idx = _like_order(a, (n, c, ho, wo), np.int64)
+        lib.max_pool2d(_ptr(a), _ptr(out), _ptr(idx), _dims(a.shape), _dims(a.strides, 4),
+                       _dims(out.strides, 4), k, stride, padding, ho, wo,
+                       self._parts(out.size * k * k))
+        return self._wrap(out), self._wrap(idx)
+
+    def scatter_flat(self, g, idx, shape):
+        lib = self._lib()
+        gn, ix = g._array, idx._array
+        if (lib is None or gn.dtype != np.float32 or ix.dtype != np.int64 or len(shape) != 4
+                or gn.ndim != 4 or gn.shape != ix.shape):
+            return super().scatter_flat(g, idx, shape)
+        if not (tuple(st * 2 for st in gn.strides) == ix.strides and _dense(gn)):
+            gn, ix = np.ascontiguousarray(gn), np.ascontiguousarray(ix)
+        # the gradient of a pooled channels-last array is channels-last (what the conv before
+        # it reads without a copy)
+        dx = _like_order(gn, tuple(shape), np.float32)  # dense: the kernel zeroes it
+        # batch-outermost memory whose batch is dx's (a max pool's gradient): by batch rows
+        rows = gn.shape[0] if (gn.shape[0] == shape[0]
+                               and gn.strides[0] == max(gn.strides)) else 1
+        if lib.scatter_flat(_ptr(gn), _ptr(ix), _ptr(dx), gn.size, rows, _dims(shape),
+                            _dims(dx.strides, 4), self._parts(dx.size)):
+            raise IndexError(f"scatter_flat: an index is outside an array of shape {tuple(shape)}")
         return self._wrap(dx)
 
     # ---- batch norm over channels-last rows -----------------------------------------------

@@ -393,3 +393,140 @@ void conv_dgrad_small(const float *g, const float *w, float *dx, ll N, ll H, ll 
   par_run(conv_dgrad_small_task, &a, N, parts);
 }
 
+
+/* ---- max pooling (logical NCHW, any strides) ------------------------------------------------ */
+/* Strides are in elements, in the order (n, c, h, w). The chosen index of a window is the
+   logical flat index n*C*H*W + c*H*W + h*W + w of its first maximum (row-major over the
+   window, NaN counted as the maximum); padding is never chosen. */
+typedef struct {
+  const float *x; float *out; long long *idx;
+  ll C, H, W, K, S, P, HO, WO;
+  ll xs[4], os[4];
+} maxpool_args;
+
+static void maxpool_task(const void *p, ll r0, ll r1, int part) {
+  const maxpool_args *a = p;
+  (void)part;
+  const ll C = a->C, H = a->H, W = a->W, K = a->K, S = a->S, P = a->P, WO = a->WO;
+  const ll xc = a->xs[1], oc = a->os[1];
+  float best[64];
+  ll arg[64];
+  for (ll r = r0; r < r1; ++r) { /* r = n * HO + ho */
+    const ll n = r / a->HO, ho = r % a->HO;
+    const ll i0 = ho * S - P < 0 ? 0 : ho * S - P;
+    const ll i1 = ho * S - P + K > H ? H : ho * S - P + K;
+    for (ll wo = 0; wo < WO; ++wo) {
+      const ll j0 = wo * S - P < 0 ? 0 : wo * S - P;
+      const ll j1 = wo * S - P + K > W ? W : wo * S - P + K;
+      for (ll c0 = 0; c0 < C; c0 += 64) {
+        const ll cn = C - c0 < 64 ? C - c0 : 64;
+        const float *xb = a->x + n * a->xs[0] + c0 * xc;
+        for (ll c = 0; c < cn; ++c) {
+          best[c] = xb[c * xc + i0 * a->xs[2] + j0 * a->xs[3]];
+          arg[c] = i0 * W + j0;
+        }
+        for (ll i = i0; i < i1; ++i)
+          for (ll j = j0; j < j1; ++j) {
+            const float *xr = xb + i * a->xs[2] + j * a->xs[3];
+            const ll at = i * W + j;
+            for (ll c = 0; c < cn; ++c) {
+              const float v = xr[c * xc];
+              const int take = v > best[c] || (v != v && best[c] == best[c]);
+              best[c] = take ? v : best[c];
+              arg[c] = take ? at : arg[c];
+            }
+          }
+        const ll o = n * a->os[0] + ho * a->os[2] + wo * a->os[3] + c0 * oc;
+        const ll base = (n * C + c0) * H * W;
+        for (ll c = 0; c < cn; ++c) {
+          a->out[o + c * oc] = best[c];
+          a->idx[o + c * oc] = base + c * H * W + arg[c];
+        }
+      }
+    }
+  }
+}
+
+/* out and idx (N, C, HO, WO), both with strides os, = the max and its index over K x K
+   windows (stride S, padding P) of x (N, C, H, W) with strides xs; needs P < K */
+void max_pool2d(const float *x, float *out, long long *idx, const ll *shape, const ll *xs,
+                const ll *os, ll K, ll S, ll P, ll HO, ll WO, int parts) {
+  maxpool_args a = {x, out, idx, shape[1], shape[2], shape[3], K, S, P, HO, WO,
+                    {xs[0], xs[1], xs[2], xs[3]}, {os[0], os[1], os[2], os[3]}};
+  par_run(maxpool_task, &a, shape[0] * HO, parts);
+}
+
+/* floor(l / d) for 0 <= l < 2^52 through a float64 reciprocal (a division costs ~15 cycles) */
+static inline ll div_by(ll l, ll d, double inv) {
+  ll q = (ll)((double)l * inv);
+  if (q * d > l) --q;
+  else if ((q + 1) * d <= l) ++q;
+  return q;
+}
+
+typedef struct {
+  const float *g; const long long *idx; float *dx;
+  ll per, C, H, W, size, ds[4];
+  double iw, ih, ichw;
+  int own;     /* add only the elements aimed at their own batch row */
+  int *flags;  /* per part: 1 skipped an element aimed at another row, 2 a bad index */
+} flat_scatter_args;
+
+static inline void flat_scatter_one(const flat_scatter_args *a, ll l, ll b, float v) {
+  const ll r = div_by(l, a->W, a->iw), w = l - r * a->W;
+  const ll q = div_by(r, a->H, a->ih), h = r - q * a->H;
+  a->dx[b * a->ds[0] + (q - b * a->C) * a->ds[1] + h * a->ds[2] + w * a->ds[3]] += v;
+}
+
+/* batch rows [lo, hi) of g (per elements each, in memory order): with `own`, only the
+   elements whose index falls in their own batch row of dx (parts then write disjoint
+   elements), the others flagged for the serial pass */
+static void flat_scatter_task(const void *p, ll lo, ll hi, int part) {
+  const flat_scatter_args *a = p;
+  const ll CHW = a->C * a->H * a->W;
+  if (a->own) memset(a->dx + lo * a->ds[0], 0, (hi - lo) * a->ds[0] * sizeof(float));
+  for (ll row = lo; row < hi; ++row)
+    for (ll k = row * a->per; k < (row + 1) * a->per; ++k) {
+      const ll l = a->idx[k];
+      if (l < 0 || l >= a->size) {
+        a->flags[part] |= 2;
+        return;
+      }
+      const ll b = div_by(l, CHW, a->ichw);
+      if (a->own && b != row) a->flags[part] |= 1;
+      else flat_scatter_one(a, l, b, a->g[k]);
+    }
+}
+
+/* dx (N, C, H, W), dense with strides ds, = zeros with g added at the logical flat indices
+   idx (the adjoint of a gather): g and idx are n elements in the same memory order, `rows`
+   blocks of n / rows elements; when an element's index falls in its block's batch row of dx
+   (a max pool's gradient, batch outermost in g and dx) the rows run in parallel, the others
+   after them on this thread; -1 when an index is out of range (dx is then partly written) */
+int scatter_flat(const float *g, const long long *idx, float *dx, ll n, ll rows,
+                 const ll *shape, const ll *ds, int parts) {
+  const ll C = shape[1], H = shape[2], W = shape[3], CHW = C * H * W;
+  int flags[MAX_WORKERS + 1] = {0};
+  flat_scatter_args a = {g, idx, dx, n, C, H, W, shape[0] * CHW, {ds[0], ds[1], ds[2], ds[3]},
+                    1.0 / W, 1.0 / H, 1.0 / CHW, 0, flags};
+  if (rows < 2 || parts < 2) {
+    memset(dx, 0, shape[0] * CHW * sizeof(float));
+    flat_scatter_task(&a, 0, 1, 0);
+    return flags[0] ? -1 : 0;
+  }
+  a.per = n / rows;
+  a.own = 1;
+  const int ran = par_run(flat_scatter_task, &a, rows, parts);
+  int skipped = 0;
+  for (int k = 0; k < ran; ++k) {
+    if (flags[k] & 2) return -1;
+    skipped |= flags[k];
+  }
+  if (skipped)
+    for (ll row = 0; row < rows; ++row)
+      for (ll k = row * a.per; k < (row + 1) * a.per; ++k) {
+        const ll b = div_by(idx[k], CHW, a.ichw);
+        if (b != row) flat_scatter_one(&a, idx[k], b, g[k]);
+      }
+  return 0;
+}
