@@ -68,7 +68,7 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
     leaves = {}
     try:
         grads = {output: out_grad}
-        pop, get = grads.pop, grads.get
+        pop, get, of = grads.pop, grads.get, ArrayNode.of
         for node in reversed(find_topo_sort([output], only_requiring_grad=True)):
             grad = pop(node, None)
             if grad is None:
@@ -80,7 +80,14 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                     hook(node, grad)
                 continue
             if op.array_rule:
-                partials = op.gradient(grad, _array_node(node))
+                data = node.cached_data
+                if type(data) is tuple:
+                    view = _array_node(node)
+                else:  # _array_node, spelled out: this runs once per node of every backward
+                    ins = node.inputs
+                    view = of(data, (ins[0].cached_data, ins[1].cached_data) if len(ins) == 2
+                              else tuple([x.cached_data for x in ins]), node)
+                partials = op.gradient(grad, view)
                 if type(partials) is not tuple:
                     partials = tuple(partials) if isinstance(partials, list) else (partials,)
             else:
@@ -163,20 +170,21 @@ def find_topo_sort(node_list: List, only_requiring_grad: bool = False,
     """
     visited = set()
     order = []
+    stop = stop or ()
     for root in node_list:
         if root in visited:
             continue
         visited.add(root)
-        stack = [(root, iter(root.inputs if stop is None or root not in stop else ()))]
+        stack = [(root, iter(root.inputs if root not in stop else ()))]
+        push, pop, add, append = stack.append, stack.pop, visited.add, order.append
         while stack:
             node, children = stack[-1]
             for child in children:
                 if child not in visited and (child.requires_grad or not only_requiring_grad):
-                    visited.add(child)
-                    stack.append((child, iter(
-                        child.inputs if stop is None or child not in stop else ())))
+                    add(child)
+                    push((child, iter(child.inputs if child not in stop else ())))
                     break
             else:
-                stack.pop()
-                order.append(node)
+                pop()
+                append(node)
     return order

@@ -122,7 +122,9 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         return self._wrap(self.xp.eye(n, dtype=dtype)[idx])
 
     def _wrap(self, array):
-        return (_NDARRAY or _ndarray_class())._wrap(array, self)
+        out = object.__new__(_NDARRAY or _ndarray_class())  # NDArray._wrap, one call less
+        out._array, out._device, out._root = array, self, None
+        return out
 
     # ---- joins and selection (ndarray.py's module functions; NDArrays in and out) ----------
     def stack(self, arrays, axis=0):

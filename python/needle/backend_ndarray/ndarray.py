@@ -54,6 +54,9 @@ def _flat_buffer(root):
     raise AssertionError("an owning native array is contiguous")
 
 
+_NEW = object.__new__
+
+
 class NDArray:
     """An n-dimensional array on a device; views share one flat buffer.
 
@@ -349,7 +352,9 @@ class NDArray:
             r = self._device._ewise("add", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a + o, self._device)
+        out = _NEW(NDArray)  # NDArray._wrap inlined: every operator on a graph runs this
+        out._array, out._device, out._root = a + o, self._device, None
+        return out
 
     __radd__ = __add__
 
@@ -360,7 +365,9 @@ class NDArray:
             r = self._device._ewise("sub", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a - o, self._device)
+        out = _NEW(NDArray)
+        out._array, out._device, out._root = a - o, self._device, None
+        return out
 
     def __rsub__(self, other):
         a = self._array
@@ -368,7 +375,9 @@ class NDArray:
             r = self._device._ewise("rsub", a, other)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        return NDArray._wrap(other - a, self._device)
+        out = _NEW(NDArray)
+        out._array, out._device, out._root = other - a, self._device, None
+        return out
 
     def __mul__(self, other):
         a = self._array
@@ -377,7 +386,9 @@ class NDArray:
             r = self._device._ewise("mul", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a * o, self._device)
+        out = _NEW(NDArray)
+        out._array, out._device, out._root = a * o, self._device, None
+        return out
 
     __rmul__ = __mul__
 
@@ -388,7 +399,9 @@ class NDArray:
             r = self._device._ewise("div", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a / o, self._device)
+        out = _NEW(NDArray)
+        out._array, out._device, out._root = a / o, self._device, None
+        return out
 
     def __rtruediv__(self, other):
         a = self._array
@@ -396,7 +409,9 @@ class NDArray:
             r = self._device._ewise("rdiv", a, other)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        return NDArray._wrap(other / a, self._device)
+        out = _NEW(NDArray)
+        out._array, out._device, out._root = other / a, self._device, None
+        return out
 
     def __neg__(self):
         return NDArray._wrap(-self._array, self._device)

@@ -59,6 +59,9 @@ class EWiseAdd(TensorOp):
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
+        shape = out_grad.shape
+        if a.shape == shape and b.shape == shape:  # no broadcast (most calls): nothing to sum
+            return out_grad, out_grad
         return reduce_to_shape(out_grad, a.shape), reduce_to_shape(out_grad, b.shape)
 
 
@@ -93,6 +96,9 @@ class EWiseMul(TensorOp):
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
+        shape = out_grad.shape
+        if a.shape == shape and b.shape == shape:  # no broadcast (most calls): nothing to sum
+            return out_grad * b, out_grad * a
         return (reduce_to_shape(out_grad * b, a.shape),
                 reduce_to_shape(out_grad * a, b.shape))
 
@@ -329,7 +335,7 @@ class Tanh(TensorOp):
         return a.tanh()
 
     def gradient(self, out_grad, node):
-        return tanh_grad(out_grad, node)
+        return _TANH_GRAD(out_grad, node)
 
 
 class TanhGrad(TensorOp):
