@@ -234,3 +234,38 @@ def test_second_backward_fast_matches_graph(name):
     for slow, fast in zip(*grads):
         if slow is not None:
             np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("uses,shape", [(2, (3, 4)), (7, (8, 8)), (40, (4,)), (5, (300, 300))])
+def test_a_node_used_many_times_sums_its_partials_once(uses, shape):
+    """A weight used at every step of a chain gets one partial per use; the fast backward
+    sums them once (`Device.add_n`: stacked when small, in place when large) and must give
+    the graph backward's gradient."""
+    x0 = RNG.standard_normal(shape).astype(np.float32)
+    w0 = (RNG.standard_normal(shape) * 0.5).astype(np.float32)
+    grads = []
+    for create_graph in (True, False):
+        x, w = ndl.Tensor(x0), ndl.Tensor(w0)
+        y = x
+        for _ in range(uses):
+            y = ops.tanh(y * w + w)
+        y.sum().backward(create_graph=create_graph)
+        grads.append((x.grad.numpy(), w.grad.numpy()))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_add_n_equals_sequential_sums():
+    dev = ndl.cpu()
+    for shapes, dtype in [([(8, 8)] * 6, "float32"), ([(300, 300)] * 4, "float32"),
+                          ([(3, 4), (4,), (3, 4)], "float32"), ([(5,)] * 4, "float64")]:
+        arrays = [RNG.standard_normal(s).astype(dtype) for s in shapes]
+        got = dev.add_n([ndl.NDArray(a) for a in arrays]).numpy()
+        want = arrays[0]
+        for a in arrays[1:]:
+            want = want + a
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    mixed = [ndl.NDArray(np.ones(3, np.float32)), ndl.NDArray(np.ones(3, np.float64)),
+             ndl.NDArray(np.ones(3, np.float32))]
+    assert dev.add_n(mixed).dtype == np.float64  # promoted as `+` promotes

@@ -363,14 +363,14 @@ class Tensor(Value, TensorHabits):
     # ---- operators -------------------------------------------------------------------------
     def __add__(self, other):
         if isinstance(other, Tensor):
-            return _ADD(self, other)
+            return _FROM_OP(_ADD, (self, other))
         return _ops.AddScalar(other)(self)
 
     __radd__ = __add__
 
     def __sub__(self, other):
         if isinstance(other, Tensor):
-            return _ADD(self, _NEG(other))
+            return _FROM_OP(_ADD, (self, _FROM_OP(_NEG, (other,))))
         return _ops.AddScalar(-other)(self)
 
     def __rsub__(self, other):
@@ -378,14 +378,14 @@ class Tensor(Value, TensorHabits):
 
     def __mul__(self, other):
         if isinstance(other, Tensor):
-            return _MUL(self, other)
+            return _FROM_OP(_MUL, (self, other))
         return _ops.MulScalar(other)(self)
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
         if isinstance(other, Tensor):
-            return _DIV(self, other)
+            return _FROM_OP(_DIV, (self, other))
         return _ops.DivScalar(other)(self)
 
     def __rtruediv__(self, other):
@@ -592,9 +592,8 @@ def lazy_mode(enabled: bool = True):
 from . import ops as _ops  # noqa: E402  (ops import this module; bind after the classes exist)
 
 # Stateless ops are shared instances: one less object per operator call.
-_ADD = _ops.EWiseAdd()
-_MUL = _ops.EWiseMul()
-_DIV = _ops.EWiseDiv()
+_ADD, _MUL, _DIV = _ops.EWiseAdd(), _ops.EWiseMul(), _ops.EWiseDiv()
+_FROM_OP = Tensor.make_from_op  # Tensor operators skip TensorOp.__call__'s NDArray test
 _NEG = _ops.Negate()
 _MATMUL = _ops.MatMul()
 _POW = _ops.EWisePow()

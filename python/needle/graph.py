@@ -57,6 +57,15 @@ def _array_node(node):
     return ArrayNode.of(data, inputs, node)
 
 
+def _sum_partials(parts: list):
+    """The sum of a node's partial gradients (NDArrays, or tuples of them for a tuple node)."""
+    if isinstance(parts[0], tuple):
+        return tuple(_sum_partials(list(column)) for column in zip(*parts))
+    if len(parts) == 2:  # an operator: `needle.compile` can fuse it with its neighbours
+        return parts[0] + parts[1]
+    return parts[0].device.add_n(parts)
+
+
 def reverse_pass_fast(output, out_grad: NDArray) -> dict:
     """Reverse pass on NDArrays; returns {leaf: gradient NDArray}.
 
@@ -74,6 +83,8 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
             if grad is None:
                 continue
             op = node.op
+            if type(grad) is list:  # the partials from each use of the node, summed once
+                grad = _sum_partials(grad)
             if op is None:
                 leaves[node] = grad
                 for hook in LEAF_GRAD_HOOKS:
@@ -104,14 +115,13 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                 prev = get(inp)
                 if prev is None:
                     grads[inp] = partial
-                    continue
-                if isinstance(prev, tuple):
-                    total = tuple(a + b for a, b in zip(prev, partial))
-                else:
-                    total = prev + partial
-                if anomaly:  # finite partials can overflow when summed (the graph path's add)
+                elif anomaly:  # summed at once: an overflow names the op whose partial it was
+                    grads[inp] = total = _sum_partials([prev, partial])
                     check_finite(op, total, "backward-sum")
-                grads[inp] = total
+                elif type(prev) is list:
+                    prev.append(partial)
+                else:
+                    grads[inp] = [prev, partial]
     finally:
         _MODE.grad_enabled = saved
     return leaves

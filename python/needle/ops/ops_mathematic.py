@@ -53,9 +53,11 @@ class EWiseAdd(TensorOp):
     array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
-        if a.shape != b.shape:
+        try:
+            return a + b
+        except ValueError:  # say which shapes, when they were the fault
             _broadcast_shape("add", a.shape, b.shape)
-        return a + b
+            raise
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -90,9 +92,11 @@ class EWiseMul(TensorOp):
     array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
-        if a.shape != b.shape:
+        try:
+            return a * b
+        except ValueError:
             _broadcast_shape("multiply", a.shape, b.shape)
-        return a * b
+            raise
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -130,9 +134,11 @@ class EWisePow(TensorOp):
     array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
-        if a.shape != b.shape:
+        try:
+            return a ** b
+        except ValueError:
             _broadcast_shape("power", a.shape, b.shape)
-        return a ** b
+            raise
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -187,9 +193,11 @@ class EWiseDiv(TensorOp):
     array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
-        if a.shape != b.shape:
+        try:
+            return a / b
+        except ValueError:
             _broadcast_shape("divide", a.shape, b.shape)
-        return a / b
+            raise
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -225,9 +233,11 @@ class Maximum(TensorOp):
     array_rule = True
 
     def compute(self, a: NDArray, b: NDArray):
-        if a.shape != b.shape:
+        try:
+            return a.maximum(b)
+        except ValueError:
             _broadcast_shape("maximum", a.shape, b.shape)
-        return a.maximum(b)
+            raise
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
