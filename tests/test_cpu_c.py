@@ -385,3 +385,16 @@ def test_max_pool_and_its_scatter_equal_numpy_kernels(shape, k, stride, pad, cha
     with pytest.raises(IndexError, match="scatter_flat"):
         dev.scatter_flat(g, dev._wrap(idx.numpy() + x.size), shape)
 
+
+
+@pytest.mark.parametrize("shape,axes", [
+    ((2048, 300), (0,)), ((2048, 300), 0), ((16, 128, 64), (0, 1)), ((40000, 3), (0,)),
+    ((64, 1000), 1), ((3, 20000), (0,))])
+def test_sums_over_leading_axes_equal_numpy(shape, axes):
+    """NDArray.sum over leading axes of a large float32 array runs the C column sums (blocks
+    of rows on the pool); other axes stay NumPy's. Both within float32 rounding of float64."""
+    x = np.random.default_rng(17).standard_normal(shape).astype(np.float32)
+    got = ndl.NDArray(x).sum(axes)
+    want = x.astype(np.float64).sum(axis=axes)
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)

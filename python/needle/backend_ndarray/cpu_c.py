@@ -36,6 +36,7 @@ _SIGNATURES = {
     "relu": ([_P, _P, _LL, _I], None),
     "relu_grad": ([_P, _P, _P, _LL, _I], None),
     "tanh_grad": ([_P, _P, _P, _LL, _I], None),
+    "col_sums": ([_P, _P, _LL, _LL, _I], _I),
     "pad_nhwc": ([_P, _P] + [_LL] * 5 + [_I], None),
     "im2col": ([_P, _P] + [_LL] * 10 + [_I], None),
     "col2im": ([_P, _P] + [_LL] * 10 + [_I], None),
@@ -337,6 +338,20 @@ class CKernels:
         elif out.strides != a.strides or out.shape != a.shape:
             return None
         lib.binary(_EWISE_OPS[op], _ptr(a), bp, s, _ptr(out), a.size, self._parts(a.size))
+        return out
+
+    def _sum_leading(self, a, k: int):
+        lib = self._lib()
+        if lib is None or a.dtype != np.float32 or not a.flags.c_contiguous or k >= a.ndim:
+            return None
+        rows = 1
+        for d in a.shape[:k]:
+            rows *= d
+        if rows < 2:
+            return None
+        out = np.empty(a.shape[k:], np.float32)
+        if lib.col_sums(_ptr(a), _ptr(out), rows, out.size, self._parts(a.size)):
+            return None
         return out
 
     def _ewise_rows(self, lib, op, a, b, out):

@@ -202,6 +202,12 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         div rsub rdiv), or None: NDArray then calls the array module's ufunc. None here."""
         return None
 
+    def _sum_leading(self, a, k: int):
+        """A device's own kernel for the native sum of a large array over its first k axes
+        (the column sums of a matrix: a bias's gradient), or None: NDArray then calls the
+        array module's sum. None here."""
+        return None
+
     def softmax(self, x, axes):
         """exp(x) / sum(exp(x)) over `axes` (a tuple), stably; a slice that is all -inf gives
         zeros, not nan."""

@@ -492,9 +492,18 @@ class NDArray:
 
     # ---- reductions and matmul (Tensor's names: `axes`, `keepdims`; NumPy's `axis` too) ----
     def sum(self, axes=None, keepdims=False, *, axis=None):
-        axes = axis if axes is None else axes
-        return NDArray._wrap(self._device.xp.asarray(
-            self._array.sum(axis=_axes(axes), keepdims=keepdims)), self._device)
+        axes = _axes(axis if axes is None else axes)
+        a = self._array
+        if a.size >= _EWISE_MIN and not keepdims and axes is not None:
+            if isinstance(axes, int):
+                k = 1 if axes == 0 else 0
+            else:
+                k = len(axes) if axes == tuple(range(len(axes))) else 0
+            r = self._device._sum_leading(a, k) if k else None  # leading axes: the device's
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        return NDArray._wrap(self._device.xp.asarray(a.sum(axis=axes, keepdims=keepdims)),
+                             self._device)
 
     def mean(self, axes=None, keepdims=False, *, axis=None):
         axes = axis if axes is None else axes

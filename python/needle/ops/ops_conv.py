@@ -146,8 +146,7 @@ class Conv(FusedOp):
             return gx, gw
         if bias and gb is None:  # the bias alone
             g2 = gh.reshape((-1, cout))  # (N*Ho*Wo, C_out); a view when g is NHWC in memory
-            ones = g.device.ones((1, g2.shape[0]), dtype=g2.dtype)
-            gb = (ones @ g2).reshape(inputs[2].shape)
+            gb = g2.sum((0,)).reshape(inputs[2].shape)
         return gx, gw, gb
 
     def gradient_composed(self, out_grad, a, b, bias=None):

@@ -177,3 +177,42 @@ void sgd(float *w, const float *g, float *u, ll n, float lr, float m, float wd, 
   sgd_args a = {w, u, g, lr, m, wd, nesterov};
   par_run(sgd_task, &a, n, parts);
 }
+
+/* ---- sums over leading axes: the column sums of a row-major (R, C) matrix ------------------- */
+typedef struct { const float *x; float *parts; ll C, stride; } colsum_args;
+
+#define COLSUM_BLOCK 64 /* rows summed apart before joining the part's total (bounds the error) */
+
+static void colsum_task(const void *p, ll r0, ll r1, int part) {
+  const colsum_args *a = p;
+  const ll C = a->C;
+  float *restrict tot = a->parts + part * a->stride, *restrict blk = tot + C;
+  for (ll c = 0; c < C; ++c) tot[c] = 0.0f;
+  for (ll b0 = r0; b0 < r1; b0 += COLSUM_BLOCK) {
+    const ll b1 = b0 + COLSUM_BLOCK < r1 ? b0 + COLSUM_BLOCK : r1;
+    memcpy(blk, a->x + b0 * C, C * sizeof(float));
+    for (ll r = b0 + 1; r < b1; ++r) {
+      const float *restrict xr = a->x + r * C;
+      for (ll c = 0; c < C; ++c) blk[c] += xr[c];
+    }
+    for (ll c = 0; c < C; ++c) tot[c] += blk[c];
+  }
+}
+
+/* out (C) = the sums over the rows of x (R, C), the rows split over `parts` threads (each sums
+   blocks of 64 rows, then the blocks; the parts are added in order); -1 when out of memory */
+int col_sums(const float *x, float *out, ll R, ll C, int parts) {
+  if (parts > pool.threads) parts = pool.threads;
+  if (parts < 1) parts = 1;
+  colsum_args a = {x, NULL, C, (2 * C + 15) / 16 * 16 + 16};
+  a.parts = aligned_alloc(64, (size_t)parts * a.stride * sizeof(float));
+  if (!a.parts) return -1;
+  const int ran = par_run(colsum_task, &a, R, parts);
+  for (ll c = 0; c < C; ++c) {
+    float s = 0.0f;
+    for (int k = 0; k < ran; ++k) s += a.parts[k * a.stride + c];
+    out[c] = s;
+  }
+  free(a.parts);
+  return 0;
+}
