@@ -1,18 +1,19 @@
 """CPUDevice's C kernels: csrc/*.c through ctypes, each with the NumPy kernel as fallback.
 
 csrc/ holds a small fork-join thread pool (pool.c) and the loops NumPy runs badly or on one core
-only: matrix products split over the pool (gemm.c), large elementwise operations, ReLU and
-Adam (elementwise.c), softmax and softmax cross-entropy rows (loss.c), layer norm rows
-(norm.c), embedding gradients (seq.c); cpu_c_conv.py has the convolution and batch norm
-kernels (conv.c, norm.c). The files are compiled once, as one unit, with `-O3
--march=native -fno-math-errno` (c_build.py) and cached; ctypes releases the GIL for each
-call, and each call splits its work over the pool's threads itself (about a microsecond,
-against ~80 for a Python thread pool hand-off on a 2-core VM).
+only: matrix products split over the pool (gemm.c), large elementwise operations, sums over
+leading axes, ReLU, Adam and SGD (elementwise.c), softmax and softmax cross-entropy rows
+(loss.c), layer norm rows (norm.c), embedding gradients and the LSTM time loops (seq.c);
+cpu_c_conv.py has the convolution, pooling and batch norm kernels (conv.c, norm.c). The files
+are compiled once, as one unit, with `-O3 -march=native -fno-math-errno` (c_build.py) and
+cached; ctypes releases the GIL for each call, and each call splits its work over the pool's
+threads itself (about a microsecond, against ~80 for a Python thread pool hand-off on a 2-core
+VM).
 
 Only float32 operands in the layouts the kernels expect take them; anything else, and every
 call when no C compiler works (or NEEDLE_CPU_C=0), runs the NumPy kernels of the base classes.
-Sums run in 16 lanes (vectorized) or float64; exp is a vectorizable polynomial within 2 ulp
-(loss.c). Copies and elementwise arithmetic give NumPy's numbers exactly.
+Sums run in 16 lanes (vectorized), blocks of 64 rows or float64; exp is a vectorizable
+polynomial within 2 ulp (loss.c). Copies and elementwise arithmetic give NumPy's numbers exactly.
 """
 from __future__ import annotations
 

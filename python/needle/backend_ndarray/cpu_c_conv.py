@@ -1,9 +1,11 @@
-"""CPUDevice's C kernels for convolution and batch norm (csrc/conv.c, csrc/norm.c).
+"""CPUDevice's C kernels for convolution, pooling and batch norm (csrc/conv.c, norm.c).
 
 Direct NHWC convolution (forward, weight and input gradients, vectorized over 16 output
-channels), im2col/col2im and zero padding over blocks of images, and batch norm over
-channels-last rows (one shifted float64 pass for the statistics). Each method falls back to
-the NumPy kernel of the next class (ParallelCPUKernels, Device) for what it does not take.
+channels), im2col/col2im and zero padding over blocks of images, batch norm over
+channels-last rows (one shifted float64 pass for the statistics), and max pooling in one
+strided pass over any memory order (a channels-last input gives a channels-last result) with
+its gradient scatter. Each method falls back to the NumPy kernel of the next class
+(ParallelCPUKernels, Device) for what it does not take.
 """
 from __future__ import annotations
 
