@@ -389,12 +389,19 @@ def test_max_pool_and_its_scatter_equal_numpy_kernels(shape, k, stride, pad, cha
 
 @pytest.mark.parametrize("shape,axes", [
     ((2048, 300), (0,)), ((2048, 300), 0), ((16, 128, 64), (0, 1)), ((40000, 3), (0,)),
-    ((64, 1000), 1), ((3, 20000), (0,))])
+    ((64, 1000), 1), ((3, 20000), (0,)), ((128, 100), (0,)), ((5, 7, 3), (0, 1))])
 def test_sums_over_leading_axes_equal_numpy(shape, axes):
-    """NDArray.sum over leading axes of a large float32 array runs the C column sums (blocks
-    of rows on the pool); other axes stay NumPy's. Both within float32 rounding of float64."""
+    """NDArray.sum over leading axes of a float32 array runs the device's kernel (large: the
+    C column sums, blocks of rows on the pool; small: a product with ones), into a given
+    array too (what a compiled plan replays); other axes stay NumPy's. All within float32
+    rounding of float64."""
     x = np.random.default_rng(17).standard_normal(shape).astype(np.float32)
     got = ndl.NDArray(x).sum(axes)
     want = x.astype(np.float64).sum(axis=axes)
     assert got.shape == want.shape and got.dtype == np.float32
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+    k = 1 if isinstance(axes, int) else len(axes)
+    if axes in (0, tuple(range(k))):
+        out = np.empty(want.shape, np.float32)
+        assert ndl.cpu()._sum_leading(x, k, out=out) is out
+        np.testing.assert_array_equal(out, got.numpy())  # the same kernel, the same bits

@@ -202,10 +202,10 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         div rsub rdiv), or None: NDArray then calls the array module's ufunc. None here."""
         return None
 
-    def _sum_leading(self, a, k: int):
-        """A device's own kernel for the native sum of a large array over its first k axes
-        (the column sums of a matrix: a bias's gradient), or None: NDArray then calls the
-        array module's sum. None here."""
+    def _sum_leading(self, a, k: int, out=None):
+        """A device's own kernel for the native sum of an array over its first k axes (the
+        column sums of a matrix: a bias's gradient), into `out` when given, or None: NDArray
+        then calls the array module's sum. None here."""
         return None
 
     def softmax(self, x, axes):

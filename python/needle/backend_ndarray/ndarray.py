@@ -10,7 +10,6 @@ in Python.
 from __future__ import annotations
 
 import math
-from numbers import Number
 
 import numpy as np
 
@@ -494,14 +493,10 @@ class NDArray:
     def sum(self, axes=None, keepdims=False, *, axis=None):
         axes = _axes(axis if axes is None else axes)
         a = self._array
-        if a.size >= _EWISE_MIN and not keepdims and axes is not None:
-            if isinstance(axes, int):
-                k = 1 if axes == 0 else 0
-            else:
-                k = len(axes) if axes == tuple(range(len(axes))) else 0
-            r = self._device._sum_leading(a, k) if k else None  # leading axes: the device's
-            if r is not None:
-                return NDArray._wrap(r, self._device)
+        k = 0 if keepdims else _leading(axes)
+        r = self._device._sum_leading(a, k) if k else None  # leading axes: the device's
+        if r is not None:
+            return NDArray._wrap(r, self._device)
         return NDArray._wrap(self._device.xp.asarray(a.sum(axis=axes, keepdims=keepdims)),
                              self._device)
 
@@ -561,6 +556,13 @@ def _native_index(index):
     return index._array if isinstance(index, NDArray) else index
 
 
+def _leading(axes) -> int:
+    """k when `axes` (as `_axes` gives them) are the first k axes, else 0."""
+    if isinstance(axes, int):
+        return 1 if axes == 0 else 0
+    return len(axes) if axes is not None and axes == tuple(range(len(axes))) else 0
+
+
 def _axes(axes):
     """NumPy's `axis` argument from Tensor's `axes` (an int, a list or a tuple)."""
     if axes is None or isinstance(axes, int):
@@ -588,10 +590,6 @@ class ArrayNode(NDArray):
 
     def realize_cached_data(self) -> NDArray:
         return self
-
-
-def is_scalar(x) -> bool:
-    return isinstance(x, Number)
 
 
 __all__ = ["NDArray", "ArrayNode", "Handle", "cpu"]
