@@ -6,10 +6,15 @@ ratio (target: needle >= 0.8x PyTorch). needle runs twice per repeat: with its f
 `backward(create_graph=False)` (the measurement this script always made) and with the default
 `loss.backward()` a course user writes (issue 12 target: >= 0.9x); `--backward fast` or
 `--backward default` runs one of them. The epochs alternate: needle fast, torch, needle default,
-torch; the torch figure is the median of all its epochs.
+torch; the torch figure is the median of all its epochs. Each timed epoch runs in a fresh
+process (this script with `--child`; a few untimed steps first): in one process the two
+frameworks' idle threads slow each other down, by different amounts for different needle
+versions (PyTorch's epoch here ran at 35k samples/s beside needle 61b6302, whose OpenBLAS
+kept two spinning threads, and at 44-46k beside the current needle). `--in-process` times
+them in this process instead.
 
 Run: python benchmarks/bench_train.py [--data-dir DIR] [--samples N] [--threads T] [--profile]
-     [--backward both|fast|default]
+     [--backward both|fast|default] [--in-process]
      python benchmarks/bench_train.py --graph-memory [--steps 200] [--gc off|on]
 --graph-memory runs a course-style loop instead (MLPResNet on the shipped MNIST, DataLoader
 batch 128, SGD 0.01, the default graph `loss.backward()`, the cyclic garbage collector off by
@@ -26,6 +31,8 @@ import argparse
 import cProfile
 import os
 import pstats
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -132,6 +139,40 @@ def graph_memory(steps: int, collector: bool) -> None:
           f"peak RSS step {k + 1} {rss[k]:.1f} MiB, step {steps} {rss[-1]:.1f} MiB")
 
 
+WARM_STEPS = 5  # untimed steps of a child before its timed epoch
+
+
+def timed_epoch(spec: str, args, X, y, order) -> float:
+    """Seconds of one epoch of `spec` ("torch", "needle-fast" or "needle-default") after
+    WARM_STEPS untimed steps, in this process."""
+    np.random.seed(0)
+    model = MLPResNet(784, 100)
+    warm = order[:WARM_STEPS * BATCH]
+    if spec == "torch":
+        tmodel = torch_model(model)
+        topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
+        torch_epoch(tmodel, topt, X, y, warm)
+        t0 = time.perf_counter()
+        torch_epoch(tmodel, topt, X, y, order)
+        return time.perf_counter() - t0
+    opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
+    create_graph = spec == "needle-default"
+    needle_epoch(model, opt, X, y, warm, create_graph)
+    t0 = time.perf_counter()
+    needle_epoch(model, opt, X, y, order, create_graph)
+    return time.perf_counter() - t0
+
+
+def child_epoch(spec: str, args) -> float:
+    """`timed_epoch` of `spec` in a fresh process running this script."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", spec, "--samples",
+           str(args.samples), "--threads", str(args.threads)]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--graph-memory", action="store_true",
@@ -147,6 +188,9 @@ def main():
     ap.add_argument("--backward", choices=("both", "fast", "default"), default="both",
                     help="needle's backward: backward(create_graph=False), loss.backward(), "
                          "or both")
+    ap.add_argument("--in-process", action="store_true",
+                    help="time both frameworks in this process (their threads interfere)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.graph_memory:
         graph_memory(args.steps, args.gc == "on")
@@ -154,12 +198,24 @@ def main():
     torch.set_num_threads(args.threads)
     X, y = load(args.data_dir, args.samples)
     order = np.random.RandomState(0).permutation(len(X))
+    if args.child:
+        print(timed_epoch(args.child, args, X, y, order))
+        return
+    modes = {"both": (False, True), "fast": (False,), "default": (True,)}[args.backward]
+    if not args.in_process:
+        nt = {mode: [] for mode in modes}
+        tt = []
+        for _ in range(args.repeat):  # alternating, so machine noise hits both alike
+            for mode in modes:
+                nt[mode].append(child_epoch("needle-default" if mode else "needle-fast", args))
+                tt.append(child_epoch("torch", args))
+        report(nt, tt, len(X), args, "each epoch a fresh process")
+        return
     np.random.seed(0)
     model = MLPResNet(784, 100)
     tmodel = torch_model(model)
     opt = ndl.optim.Adam(model.parameters(), lr=1e-3)
     topt = torch.optim.Adam(tmodel.parameters(), lr=1e-3)
-    modes = {"both": (False, True), "fast": (False,), "default": (True,)}[args.backward]
     if args.profile:
         prof = cProfile.Profile()
         prof.runcall(needle_epoch, model, opt, X, y, order, modes[-1])
@@ -174,15 +230,19 @@ def main():
             t0 = time.perf_counter()
             torch_epoch(tmodel, topt, X, y, order)
             tt.append(time.perf_counter() - t0)
-    t_rate = len(X) / np.median(tt)
+    report(nt, tt, len(X), args, "in one process")
+
+
+def report(nt, tt, n, args, how):
+    t_rate = n / np.median(tt)
     rows = []
     for mode, label, target in ((False, "training samples/s", ">= 0.8x"),
                                 (True, "same, default loss.backward()", ">= 0.9x")):
         if mode in nt:
-            n_rate = len(X) / np.median(nt[mode])
+            n_rate = n / np.median(nt[mode])
             rows.append((label, n_rate, t_rate, "samples/s", f"{n_rate / t_rate:.2f}x", target))
-    print_table(f"one epoch of MLPResNet(784, 100), {len(X)} samples, batch {BATCH}, Adam "
-                f"(median of {args.repeat}, {args.threads} threads)", rows)
+    print_table(f"one epoch of MLPResNet(784, 100), {n} samples, batch {BATCH}, Adam "
+                f"(median of {args.repeat}, {args.threads} threads, {how})", rows)
     if len(nt) == 2:
         ratio = np.median(nt[True]) / np.median(nt[False])
         print(f"needle time per epoch, default / fast backward: {ratio:.2f}x (target <= 1.25x)")

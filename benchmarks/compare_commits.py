@@ -7,14 +7,20 @@ needle / PyTorch ratio table; this driver collects the ratio of every case and p
 median ratio at each commit and the gain (above 1: the new commit does better against
 PyTorch than the old one did; for time and memory ratios that is old / new).
 
+`--same-scripts` runs the new commit's scripts in both trees (copied over the old tree's
+benchmarks/), so both commits are measured the same way: a script fixed since the old commit
+(bench_train times each framework in its own process now) then measures the old code
+fairly too. The scripts use the course API only, which both commits have.
+
 Run: python benchmarks/compare_commits.py OLD [NEW=HEAD] [--scripts bench_ops,bench_train,...]
-     [--rounds 2] [--data-dir DIR]
+     [--rounds 2] [--data-dir DIR] [--same-scripts]
 """
 from __future__ import annotations
 
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -58,10 +64,15 @@ def main() -> int:
     ap.add_argument("--scripts", default="bench_ops,bench_train,bench_conv,bench_seq")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--data-dir", default=os.environ.get("NEEDLE_FASHION_MNIST"))
+    ap.add_argument("--same-scripts", action="store_true",
+                    help="run the new commit's benchmark scripts in both trees")
     args = ap.parse_args()
     scripts = [s.strip() for s in args.scripts.split(",") if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         trees = {c: worktree(c, tmp) for c in (args.old, args.new)}
+        if args.same_scripts:
+            shutil.copytree(os.path.join(trees[args.new], "benchmarks"),
+                            os.path.join(trees[args.old], "benchmarks"), dirs_exist_ok=True)
         try:
             got = {(c, s): {} for c in trees for s in scripts}
             lower_better = {}
