@@ -405,3 +405,21 @@ def test_sums_over_leading_axes_equal_numpy(shape, axes):
         out = np.empty(want.shape, np.float32)
         assert ndl.cpu()._sum_leading(x, k, out=out) is out
         np.testing.assert_array_equal(out, got.numpy())  # the same kernel, the same bits
+
+
+def test_scatter_flat_with_indices_across_batch_rows():
+    """The C scatter runs batch rows in parallel when each index falls in its own row (a max
+    pool's gradient); indices aimed at other rows (any gather's adjoint) are added after, on
+    one thread: the sum must still be NumPy's, repeated indices included."""
+    from needle.backend_ndarray.device import Device
+    dev = ndl.cpu()
+    rng = np.random.default_rng(19)
+    shape = (4, 8, 32, 32)  # 32768 elements: the parallel path
+    size = int(np.prod(shape))
+    g = dev._wrap(rng.standard_normal((4, 8, 16, 16)).astype(np.float32))
+    idx = rng.integers(0, size, (4, 8, 16, 16)).astype(np.int64)
+    idx[0, 0, 0, :4] = idx[0, 0, 0, 0]  # repeated
+    idx[1] = rng.integers(0, size // 4, (8, 16, 16))  # row 1 aimed at row 0
+    got = dev.scatter_flat(g, dev._wrap(idx), shape).numpy()
+    want = Device.scatter_flat(dev, g, dev._wrap(idx), shape).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
