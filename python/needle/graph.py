@@ -57,6 +57,13 @@ def _array_node(node):
     return ArrayNode.of(data, inputs, node)
 
 
+class _Partials(list):
+    """The partial gradients a node has received so far in a fast backward (a list of its
+    own type: a rule's value is never taken for one)."""
+
+    __slots__ = ()
+
+
 def _sum_partials(parts: list):
     """The sum of a node's partial gradients (NDArrays, or tuples of them for a tuple node)."""
     if isinstance(parts[0], tuple):
@@ -83,7 +90,7 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
             if grad is None:
                 continue
             op = node.op
-            if type(grad) is list:  # the partials from each use of the node, summed once
+            if type(grad) is _Partials:  # the partials from each use of the node, summed once
                 grad = _sum_partials(grad)
             if op is None:
                 leaves[node] = grad
@@ -118,10 +125,10 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                 elif anomaly:  # summed at once: an overflow names the op whose partial it was
                     grads[inp] = total = _sum_partials([prev, partial])
                     check_finite(op, total, "backward-sum")
-                elif type(prev) is list:
+                elif type(prev) is _Partials:
                     prev.append(partial)
                 else:
-                    grads[inp] = [prev, partial]
+                    grads[inp] = _Partials((prev, partial))
     finally:
         _MODE.grad_enabled = saved
     return leaves
