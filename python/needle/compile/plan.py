@@ -103,8 +103,9 @@ def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, s
 
     arg_vids: value id of each input NDArray, in the order `replay` takes them.
     out_vids: value ids of the returned Tensors; grads: [(parameter, grad Tensor, vid)]
-    whose `.grad` the replay points at the new gradient; attr_updates: [(obj, name, value)]
-    applied after the scalar slots are read (a Sym, or a plain value); guards: branch guards.
+    whose `.grad` the replay sets to a constant of the new gradient; attr_updates: [(obj,
+    name, value)] applied after the scalar slots are read (a Sym, or a plain value); guards:
+    branch guards.
     """
     events = rec.events
     names, ns, buffers = {}, {}, []
@@ -244,10 +245,17 @@ def build_plan(rec, arg_vids, out_vids, out_spec, grads, attr_updates, guards, s
 
     for v in out_vids:
         name(v)
+    # A parameter's gradient is a new constant Tensor each replay, as in eager code, and the
+    # previous one is let go when the replay starts (as the step's `reset_grad` lets it go):
+    # a gradient a caller kept stays as it was, and one nobody kept is freed before the
+    # step's intermediates are made, not after them.
     epilogue = []
-    for k, (p, g, v) in enumerate(grads):
-        ns[f"p{k}"], ns[f"g{k}"] = p, g
-        epilogue.append(f"    g{k}.cached_data = {name(v)}; p{k}.grad = g{k}")
+    if grads:
+        ns["grad_tensor"] = type(grads[0][1]).make_const
+    for k, (p, _, v) in enumerate(grads):
+        ns[f"p{k}"] = p
+        prologue.append(f"    p{k}.grad = None")
+        epilogue.append(f"    p{k}.grad = grad_tensor({name(v)})")
     updates = []
     for k, (obj, attr, value) in enumerate(attr_updates):
         ns[f"o{k}"] = obj
