@@ -362,3 +362,37 @@ def test_cuda_fused_kernel_writes_into_a_slot_of_an_arena():
     np.testing.assert_array_equal(slot.numpy(), want)
     rest = arena.numpy()
     assert (rest[:16] == 7.0).all() and (rest[70:] == 7.0).all()  # nothing written outside
+
+
+def test_a_replay_gives_new_gradient_tensors_and_lets_the_old_ones_go():
+    """As eager code with reset_grad: each replay's `.grad` is a new Tensor; one a caller kept
+    keeps its values, and one nobody kept is freed (not held by the plan)."""
+    import gc
+    import weakref
+
+    np.random.seed(0)
+    model = ndl.nn.Linear(8, 4)
+    opt = ndl.optim.SGD(model.parameters(), lr=0.1)
+
+    def step(x):
+        opt.reset_grad()
+        loss = ops.summation(model(x) * model(x))
+        loss.backward(create_graph=False)
+        opt.step()
+        return loss
+
+    f = ndl.compile(step)
+    rng = np.random.default_rng(3)
+    batches = [ndl.Tensor(rng.standard_normal((5, 8)).astype(np.float32), requires_grad=False)
+               for _ in range(5)]
+    for x in batches[:3]:  # eager, recording, first replay
+        f(x)
+    kept = model.weight.grad
+    kept_values = kept.numpy().copy()
+    dropped = weakref.ref(model.bias.grad.realize_cached_data()._array)  # the native array
+    f(batches[3])
+    gc.collect()
+    assert f.calls["replayed"] == 2
+    assert model.weight.grad is not kept
+    np.testing.assert_array_equal(kept.numpy(), kept_values)
+    assert dropped() is None
