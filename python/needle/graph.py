@@ -84,7 +84,7 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
     leaves = {}
     try:
         grads = {output: out_grad}
-        pop, get, of = grads.pop, grads.get, ArrayNode.of
+        pop, get = grads.pop, grads.get
         for node in reversed(find_topo_sort([output], only_requiring_grad=True)):
             grad = pop(node, None)
             if grad is None:
@@ -98,14 +98,7 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                     hook(node, grad)
                 continue
             if op.array_rule:
-                data = node.cached_data
-                if type(data) is tuple:
-                    view = _array_node(node)
-                else:  # _array_node, spelled out: this runs once per node of every backward
-                    ins = node.inputs
-                    view = of(data, (ins[0].cached_data, ins[1].cached_data) if len(ins) == 2
-                              else tuple([x.cached_data for x in ins]), node)
-                partials = op.gradient(grad, view)
+                partials = op.gradient(grad, _array_node(node))
                 if type(partials) is not tuple:
                     partials = tuple(partials) if isinstance(partials, list) else (partials,)
             else:

@@ -53,8 +53,6 @@ def _flat_buffer(root):
     raise AssertionError("an owning native array is contiguous")
 
 
-_NEW = object.__new__
-
 
 class NDArray:
     """An n-dimensional array on a device; views share one flat buffer.
@@ -351,9 +349,7 @@ class NDArray:
             r = self._device._ewise("add", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        out = _NEW(NDArray)  # NDArray._wrap inlined: every operator on a graph runs this
-        out._array, out._device, out._root = a + o, self._device, None
-        return out
+        return NDArray._wrap(a + o, self._device)
 
     __radd__ = __add__
 
@@ -364,9 +360,7 @@ class NDArray:
             r = self._device._ewise("sub", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        out = _NEW(NDArray)
-        out._array, out._device, out._root = a - o, self._device, None
-        return out
+        return NDArray._wrap(a - o, self._device)
 
     def __rsub__(self, other):
         a = self._array
@@ -374,9 +368,7 @@ class NDArray:
             r = self._device._ewise("rsub", a, other)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        out = _NEW(NDArray)
-        out._array, out._device, out._root = other - a, self._device, None
-        return out
+        return NDArray._wrap(other - a, self._device)
 
     def __mul__(self, other):
         a = self._array
@@ -385,9 +377,7 @@ class NDArray:
             r = self._device._ewise("mul", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        out = _NEW(NDArray)
-        out._array, out._device, out._root = a * o, self._device, None
-        return out
+        return NDArray._wrap(a * o, self._device)
 
     __rmul__ = __mul__
 
@@ -398,9 +388,7 @@ class NDArray:
             r = self._device._ewise("div", a, o)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        out = _NEW(NDArray)
-        out._array, out._device, out._root = a / o, self._device, None
-        return out
+        return NDArray._wrap(a / o, self._device)
 
     def __rtruediv__(self, other):
         a = self._array
@@ -408,9 +396,7 @@ class NDArray:
             r = self._device._ewise("rdiv", a, other)
             if r is not None:
                 return NDArray._wrap(r, self._device)
-        out = _NEW(NDArray)
-        out._array, out._device, out._root = other / a, self._device, None
-        return out
+        return NDArray._wrap(other / a, self._device)
 
     def __neg__(self):
         return NDArray._wrap(-self._array, self._device)
