@@ -159,7 +159,7 @@ class ConvKernels:
         a direct kernel sums the bias in the weight gradient's pass."""
         cout = w_shape[3]
         g2 = g._array.reshape(-1, cout)
-        db = self._mm(self.xp.ones((1, g2.shape[0]), dtype=g2.dtype), g2).reshape(cout)
+        db = self._column_sums(g2)
         return self.conv_weight_grad(saved, g, w_shape, stride, padding), self._wrap(db)
 
     def conv_input_grad(self, g, w, shape, stride: int, padding: int):

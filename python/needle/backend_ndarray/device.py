@@ -203,6 +203,12 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         div rsub rdiv), or None: NDArray then calls the array module's ufunc. None here."""
         return None
 
+    def _column_sums(self, a2):
+        """The native sums over the rows of the matrix a2 (the device's kernel when it has
+        one)."""
+        r = self._sum_leading(a2, 1)
+        return a2.sum(axis=0) if r is None else r
+
     def _sum_leading(self, a, k: int, out=None):
         """A device's own kernel for the native sum of an array over its first k axes (the
         column sums of a matrix: a bias's gradient), into `out` when given, or None: NDArray
@@ -381,7 +387,7 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
         xh *= r
         if weight is not None:
             dw = xp.einsum("ij,ij->j", dy2, xh)
-            db = (xp.ones((1, x2.shape[0]), dtype=dy.dtype) @ dy2).reshape(d)
+            db = self._column_sums(dy2)
             dxh = dy2 * weight
         else:
             dw = db = None
