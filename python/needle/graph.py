@@ -39,22 +39,12 @@ class _TupleNode(tuple):
         return self
 
 
-def _array_node(node):
-    """The fast backward's view of `node`: its value, with its inputs' values."""
-    ins = node.inputs
-    if len(ins) == 2:  # most ops: spelled out, this runs once per node of every backward
-        inputs = (ins[0].cached_data, ins[1].cached_data)
-    elif len(ins) == 1:
-        inputs = (ins[0].cached_data,)
-    else:
-        inputs = tuple(x.cached_data for x in ins)
-    data = node.cached_data
-    if isinstance(data, tuple):
-        view = _TupleNode(data)
-        view.inputs = inputs
-        view.needs_input_grad = tuple(x.requires_grad for x in ins)
-        return view
-    return ArrayNode.of(data, inputs, node)
+def _tuple_node(node):
+    """The fast backward's view of a tuple-valued `node` (`ArrayNode.of` makes the others)."""
+    view = _TupleNode(node.cached_data)
+    view.inputs = tuple([x.cached_data for x in node.inputs])
+    view.needs_input_grad = tuple(x.requires_grad for x in node.inputs)
+    return view
 
 
 class _Partials(list):
@@ -84,7 +74,7 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
     leaves = {}
     try:
         grads = {output: out_grad}
-        pop, get = grads.pop, grads.get
+        pop, get, view_of = grads.pop, grads.get, ArrayNode.of
         for node in reversed(find_topo_sort([output], only_requiring_grad=True)):
             grad = pop(node, None)
             if grad is None:
@@ -98,7 +88,9 @@ def reverse_pass_fast(output, out_grad: NDArray) -> dict:
                     hook(node, grad)
                 continue
             if op.array_rule:
-                partials = op.gradient(grad, _array_node(node))
+                view = (_tuple_node(node) if type(node.cached_data) is tuple
+                        else view_of(node))
+                partials = op.gradient(grad, view)
                 if type(partials) is not tuple:
                     partials = tuple(partials) if isinstance(partials, list) else (partials,)
             else:

@@ -564,10 +564,14 @@ class ArrayNode(NDArray):
     __slots__ = ("inputs", "_node")
 
     @staticmethod
-    def of(value: NDArray, inputs: tuple, node) -> "ArrayNode":
+    def of(node) -> "ArrayNode":
+        """The view of a graph node whose value is an NDArray (one per node of a backward)."""
+        value, ins = node.cached_data, node.inputs
         out = object.__new__(ArrayNode)
         out._array, out._device, out._root = value._array, value._device, value._root
-        out.inputs, out._node = inputs, node
+        out.inputs = ((ins[0].cached_data, ins[1].cached_data) if len(ins) == 2
+                      else tuple([x.cached_data for x in ins]))
+        out._node = node
         return out
 
     @property
