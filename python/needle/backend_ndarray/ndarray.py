@@ -10,6 +10,7 @@ in Python.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -52,6 +53,27 @@ def _flat_buffer(root):
         return root.T.reshape(-1)
     raise AssertionError("an owning native array is contiguous")
 
+
+
+def _binary(op: str, native):
+    """An NDArray operator: the device's own kernel `op` for a large array (`Device._ewise`:
+    cpu() runs its C threads over arrays of one layout), else `native(a, o)` of the native
+    array and the other operand's (a native array or a number). Every operator on a graph
+    runs this, so the result is built here rather than through `NDArray._wrap`."""
+    new = object.__new__
+
+    def operator_method(self, other):
+        a = self._array
+        o = other._array if isinstance(other, NDArray) else other
+        if a.size >= _EWISE_MIN:
+            r = self._device._ewise(op, a, o)
+            if r is not None:
+                return NDArray._wrap(r, self._device)
+        out = new(NDArray)
+        out._array, out._device, out._root = native(a, o), self._device, None
+        return out
+
+    return operator_method
 
 
 class NDArray:
@@ -342,61 +364,12 @@ class NDArray:
         self._device.scatter_add(self._array, _native_index(index), values._array)
 
     # ---- elementwise -------------------------------------------------------------------
-    def __add__(self, other):
-        a = self._array
-        o = other._array if isinstance(other, NDArray) else other
-        if a.size >= _EWISE_MIN:
-            r = self._device._ewise("add", a, o)
-            if r is not None:
-                return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a + o, self._device)
-
-    __radd__ = __add__
-
-    def __sub__(self, other):
-        a = self._array
-        o = other._array if isinstance(other, NDArray) else other
-        if a.size >= _EWISE_MIN:
-            r = self._device._ewise("sub", a, o)
-            if r is not None:
-                return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a - o, self._device)
-
-    def __rsub__(self, other):
-        a = self._array
-        if a.size >= _EWISE_MIN:
-            r = self._device._ewise("rsub", a, other)
-            if r is not None:
-                return NDArray._wrap(r, self._device)
-        return NDArray._wrap(other - a, self._device)
-
-    def __mul__(self, other):
-        a = self._array
-        o = other._array if isinstance(other, NDArray) else other
-        if a.size >= _EWISE_MIN:
-            r = self._device._ewise("mul", a, o)
-            if r is not None:
-                return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a * o, self._device)
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, other):
-        a = self._array
-        o = other._array if isinstance(other, NDArray) else other
-        if a.size >= _EWISE_MIN:
-            r = self._device._ewise("div", a, o)
-            if r is not None:
-                return NDArray._wrap(r, self._device)
-        return NDArray._wrap(a / o, self._device)
-
-    def __rtruediv__(self, other):
-        a = self._array
-        if a.size >= _EWISE_MIN:
-            r = self._device._ewise("rdiv", a, other)
-            if r is not None:
-                return NDArray._wrap(r, self._device)
-        return NDArray._wrap(other / a, self._device)
+    __add__ = __radd__ = _binary("add", operator.add)
+    __sub__ = _binary("sub", operator.sub)
+    __rsub__ = _binary("rsub", lambda a, o: o - a)
+    __mul__ = __rmul__ = _binary("mul", operator.mul)
+    __truediv__ = _binary("div", operator.truediv)
+    __rtruediv__ = _binary("rdiv", lambda a, o: o / a)
 
     def __neg__(self):
         return NDArray._wrap(-self._array, self._device)
