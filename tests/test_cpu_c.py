@@ -235,6 +235,27 @@ def test_large_elementwise_operators_equal_numpy_bit_for_bit(op):
         np.testing.assert_array_equal(y.numpy(), base + row)
 
 
+@pytest.mark.parametrize("k,scale", [(1, 0.5), (2, 0.5), (3, 1.0), (4, 0.25)])
+def test_scaled_sums_equal_numpy_bit_for_bit(k, scale):
+    """Device.sum_scaled (a data-parallel reduce): one C pass, equal to the NumPy kernel's
+    additions in order and its scaling, also when `out` is one of the terms."""
+    rng = np.random.default_rng(12)
+    arrays = [rng.standard_normal(70_001).astype(np.float32) for _ in range(k)]
+    expected = arrays[0].copy()
+    for a in arrays[1:]:
+        expected = expected + a
+    expected = expected * np.float32(scale)
+    dev = ndl.cpu()
+    for kernels in (dev, _base()):
+        out = ndl.NDArray(np.empty_like(arrays[0]))
+        got = kernels.sum_scaled([ndl.NDArray(a) for a in arrays], scale, out)
+        assert got is out
+        np.testing.assert_array_equal(out.numpy(), expected)
+        terms = [ndl.NDArray(a.copy()) for a in arrays]
+        kernels.sum_scaled(terms, scale, terms[-1])  # in place into the last term
+        np.testing.assert_array_equal(terms[-1].numpy(), expected)
+
+
 def test_softmax_cross_entropy_equals_numpy_kernel():
     rng = np.random.default_rng(10)
     z = (rng.standard_normal((300, 1000)) * 5).astype(np.float32)

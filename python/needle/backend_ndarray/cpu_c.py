@@ -47,6 +47,7 @@ _SIGNATURES = {
     "conv_dgrad": ([_P, _P, _P] + [_LL] * 11 + [_I], _I),
     "conv_dgrad_small": ([_P, _P, _P] + [_LL] * 11 + [_I], None),
     "binary": ([_I, _P, _P, ctypes.c_float, _P, _LL, _I], None),
+    "sum_scaled": ([_P, _I, ctypes.c_float, _P, _LL, _I], None),
     "binary_rows": ([_I, _P, _P, _P, _LL, _LL, _I], None),
     "adam": ([_P, _P, _P, _P, _LL] + [ctypes.c_float] * 5 + [_I] + [ctypes.c_float] * 2
              + [_I], None),
@@ -76,6 +77,7 @@ _MIN_PARALLEL_GEMM = 1 << 20
 _ONES = {}  # rows -> a float32 ones vector (the small sums over leading axes)
 _LIB = []  # [library or None], built on first use
 _GEMM = []  # [True when the library's gemm has NumPy's BLAS sgemm]
+_BLAS_THREADS = []  # [OpenBLAS's set_num_threads] once the library's gemm has its sgemm
 
 
 def library():
@@ -138,16 +140,21 @@ def _connect_blas(lib) -> bool:
                 continue
             set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
             set_threads(1)
+            _BLAS_THREADS.append(set_threads)
             lib.blas_configure(ctypes.cast(gemm, ctypes.c_void_p).value, int(ilp64))
             return True
     return False
 
 
 def configure_pool(threads: int) -> None:
-    """The C pool's parallelism (the CPU device's thread count)."""
+    """The C pool's parallelism (the CPU device's thread count). OpenBLAS stays at one thread
+    (again, should something such as threadpoolctl have raised it): the pool splits each
+    product itself, and two pools on the same cores slow a step several times."""
     lib = library()
     if lib is not None:
         lib.pool_configure(int(threads), _SPIN)
+    for set_threads in _BLAS_THREADS:
+        set_threads(1)
 
 
 def _ctypes_ptr(a) -> int:
@@ -317,6 +324,17 @@ class CKernels:
         return self._wrap(dx) if out is None else out
 
     # ---- elementwise ----------------------------------------------------------------------
+    def sum_scaled(self, arrays, scale, out):
+        lib = self._lib()
+        natives = [a._array for a in arrays]
+        o = out._array
+        if (lib is None or not natives or not _ok(o, *natives)
+                or any(n.shape != o.shape for n in natives)):
+            return super().sum_scaled(arrays, scale, out)
+        ptrs = (ctypes.c_void_p * len(natives))(*[_ptr(n) for n in natives])
+        lib.sum_scaled(ptrs, len(natives), scale, _ptr(o), o.size, self._parts(o.size))
+        return out
+
     def _ewise(self, op: str, a, b, out=None):
         """a op b (op: add sub mul div rsub rdiv) for a float32 array `a` and a number or a
         float32 array of a's shape and strides, into a new array of a's layout (or `out`,

@@ -154,6 +154,26 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
             a._array[...] = src[off:off + n].reshape(a.shape)
             off += n
 
+    def sum_scaled(self, arrays, scale, out):
+        """out = (arrays[0] + arrays[1] + ...) * scale, the terms added in order and written
+        into the NDArray `out` of their shape (which may be one of them); returns out. One pass
+        where the device has the kernel (a data-parallel reduce of gradient shards)."""
+        xp, o = self.xp, out._array
+        natives = [a._array for a in arrays]
+        if len(natives) == 1:
+            xp.multiply(natives[0], scale, out=o)
+            return out
+        if len(natives) == 2:
+            xp.add(natives[0], natives[1], out=o)
+        else:  # out may be a later term: the partial sums go to a temporary
+            acc = natives[0] + natives[1]
+            for n in natives[2:]:
+                acc += n
+            o[...] = acc
+        if scale != 1:
+            xp.multiply(o, scale, out=o)
+        return out
+
     def add_n(self, arrays):
         """The sum of a list of NDArrays (broadcast as `+` does), a new array. Many small
         arrays of one shape and dtype are stacked and summed in one reduction (a weight that

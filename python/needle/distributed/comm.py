@@ -224,12 +224,14 @@ def _usable_cores() -> int:
 def set_threads_per_rank(threads: Optional[int] = None) -> int:
     """Give every process of the job its share of this machine's cores; returns the count.
 
-    Sets the BLAS threads (through threadpoolctl, when installed) and the CPU device's own
-    threads to `threads`, by default the usable cores divided by the job's processes on this
-    machine (at least 1): two processes with a thread per core each would oversubscribe the
-    cores and run slower than one. When `threads` is None and the environment sets a thread
-    count (`NEEDLE_NUM_THREADS`, `OMP_NUM_THREADS`, ...), that count stays and is returned.
-    Call it on every rank (it asks MPI which processes share the machine).
+    Sets the CPU device's own threads to `threads`, and the BLAS threads (through
+    threadpoolctl, when installed) where the device leaves products to the BLAS; by default
+    the usable cores divided by the job's processes on this machine (at least 1): two
+    processes with a thread per core each would oversubscribe the cores and run slower than
+    one. When `threads` is None and the environment sets a thread count (`NEEDLE_NUM_THREADS`,
+    `OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS`, the first one set), that
+    count is the one applied. Call it on every rank (it asks MPI which processes share the
+    machine).
     """
     from ..backend_ndarray import cpu  # noqa: PLC0415 (the device is not needed to import comm)
 
@@ -238,8 +240,10 @@ def set_threads_per_rank(threads: Optional[int] = None) -> int:
         for var in THREAD_VARS:
             value = os.environ.get(var, "").strip()
             if value.isdigit() and int(value) > 0:
-                return int(value)
-        threads = max(1, _usable_cores() // local)
+                threads = int(value)
+                break
+        else:
+            threads = max(1, _usable_cores() // local)
     threads = int(threads)
     if threads < 1:
         raise ValueError(f"set_threads_per_rank: need at least 1 thread, got {threads}")

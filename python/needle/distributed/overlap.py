@@ -20,6 +20,7 @@ __all__ = ["GradientReducer", "OVERLAP_BUCKET_BYTES", "WAIT_MODES"]
 OVERLAP_BUCKET_BYTES = 2 ** 20  # small enough that a 5 MiB model's buckets start in turn
 WAIT_MODES = ("spin", "yield")
 YIELD_SECONDS = 20e-6  # the nap between two tests of a "yield" wait
+KEEP_MIN = 1 << 14  # values: a smaller gradient in a rank's own shard is copied all the same
 
 
 def _discard(hook) -> None:
@@ -82,6 +83,27 @@ class _Bucket:
         return buf[self.padded:]
 
 
+def _own_segments(lay: _Bucket, lo: int):
+    """This rank's shard [lo, lo + chunk) of a bucket cut into segments (start, end, pos) in
+    shard coordinates: pos is the member whose whole gradient the segment is (kept by this
+    rank: no other rank reads it), None for a run read from the rank's shared region; and,
+    per member, whether it is kept. Gradients under KEEP_MIN values are copied all the same:
+    a run of them is one segment."""
+    hi = lo + lay.chunk
+    kept = [lo <= off and off + n <= hi and n >= KEEP_MIN
+            for off, n in zip(lay.offsets, lay.sizes)]
+    segments, at = [], lo
+    for pos, (off, n) in enumerate(zip(lay.offsets, lay.sizes)):
+        if kept[pos]:
+            if off > at:
+                segments.append((at - lo, off - lo, None))
+            segments.append((off - lo, off + n - lo, pos))
+            at = off + n
+    if at < hi:
+        segments.append((at - lo, hi - lo, None))
+    return segments, kept
+
+
 class GradientReducer:
     """Average `.grad` of `params` across ranks, starting each bucket's all-reduce during the
     backward pass.
@@ -106,9 +128,11 @@ class GradientReducer:
 
     `transport="shm"` (what "auto", the default, picks when every rank is on this machine:
     `shm.shared_memory_available()`, and the parameters on the CPU) puts the buckets in
-    MPI-3 shared windows: the hooks write into this rank's region, and `finish()` waits at a
-    barrier and sums the ranks' regions over this rank's shard itself, with no MPI data
-    movement (and no overlap, there being nothing left to overlap but the barrier). Without
+    MPI-3 shared windows: the hooks write into this rank's region the gradients other ranks
+    read (a gradient of at least KEEP_MIN values wholly inside this rank's own shard stays
+    where the backward left it), and `finish()` waits at a barrier and sums the ranks'
+    contributions over this rank's shard itself, one pass per run of the shard, with no MPI
+    data movement (and no overlap, there being nothing left to overlap but the barrier). Without
     `shard`, each rank writes its summed shard into a shared result buffer and, after a
     second barrier, every rank's gradients are views of the whole result (two result buffers
     alternate, as the host buffers do).
@@ -140,6 +164,7 @@ class GradientReducer:
         self._arrival: List[int] = []
         self._planned = False
         self._phase = 0
+        self._segments: List[tuple] = []  # shared memory: per bucket, _own_segments
         self._plan(list(reversed(range(len(self.params)))))
         self._reset()
         ref = weakref.ref(self)
@@ -196,7 +221,7 @@ class GradientReducer:
         """Move the buckets into shared windows (collective: once, after the final plan)."""
         rank = _comm._state["rank"]
         self._shared = []
-        self._rank_chunks, self._results = [], []
+        self._rank_chunks, self._results, self._segments = [], [], []
         for lay in self._layout:
             # the sharded optimizer's parameters, or two result buffers (one per phase)
             lay.shared = SharedBucket(lay.padded, len(lay.members), lay.dtype,
@@ -208,6 +233,7 @@ class GradientReducer:
             # every rank's gradients in this rank's shard
             self._rank_chunks.append([lay.device.from_host(g[lo:lo + lay.chunk])
                                       for g in lay.shared.grads])
+            self._segments.append(_own_segments(lay, lo))
             if not self.shard:  # the result: this rank's chunk, and the whole as gradients
                 results = [lay.device.from_host(r) for r in lay.shared.extra]
                 self._results.append(
@@ -218,6 +244,9 @@ class GradientReducer:
     def _reset(self) -> None:
         self._filled = [[False] * len(b) for b in self.buckets]
         self._grads: List[list] = [[None] * len(b) for b in self.buckets]
+        # shared memory: the gradients that lie wholly in this rank's shard stay where the
+        # backward put them (nobody else reads them); the others go into the shared region
+        self._kept: List[list] = [[None] * len(b) for b in self.buckets]
         self._missing = [len(b) for b in self.buckets]
         self._started = 0
         self._arrived = 0
@@ -239,7 +268,9 @@ class GradientReducer:
             return
         b, pos = self._where[i]
         lay = self._layout[b]
-        if lay.host:
+        if self._segments and self._segments[b][1][pos]:
+            self._kept[b][pos] = grad
+        elif lay.host:
             lay.slots[self._phase][pos].assign(grad)
         else:
             self._grads[b][pos] = grad
@@ -262,7 +293,9 @@ class GradientReducer:
                 continue
             grad = self.params[i].grad  # set by a graph backward or by hand
             data = None if grad is None else grad.realize_cached_data()
-            if lay.host:
+            if self._segments and self._segments[b][1][pos]:
+                self._kept[b][pos] = data
+            elif lay.host:
                 lay.slots[self._phase][pos].assign(0.0 if data is None else data)
             else:
                 self._grads[b][pos] = data
@@ -368,18 +401,26 @@ class GradientReducer:
                 self._shards[b] *= scale
 
     def _reduce_shared(self, scale: float) -> None:
-        """This rank's shard of each bucket: the ranks' regions summed in rank order."""
+        """This rank's shard of each bucket: the ranks' regions summed in rank order and
+        scaled, one pass per segment (this rank's own part of a kept gradient read where the
+        backward left it)."""
         t0 = time.perf_counter()
         sync_all(self._shared)  # every rank's gradients are in
         self.has_grad = {}
+        rank = _comm._state["rank"]
+        factor = scale if self.average else 1.0
         for b, lay in enumerate(self._layout):
             shard = self._shards[b] if self.shard else self._results[b][0][self._phase]
             chunks = self._rank_chunks[b]
-            shard.assign(chunks[0])
-            for chunk in chunks[1:]:
-                shard += chunk
-            if self.average:
-                shard *= scale
+            for start, end, pos in self._segments[b][0]:
+                part = slice(start, end)
+                terms = []
+                for r, chunk in enumerate(chunks):
+                    if r != rank or pos is None:
+                        terms.append(chunk.select(part))
+                    elif self._kept[b][pos] is not None:  # else no gradient here: zero
+                        terms.append(self._kept[b][pos].reshape((end - start,)))
+                lay.device.sum_scaled(terms, factor, shard.select(part))
             flags = [lay.flags(g) for g in lay.shared.grads]
             for pos, i in enumerate(lay.members):
                 self.has_grad[i] = any(f[pos] > 0 for f in flags)

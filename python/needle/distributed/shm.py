@@ -5,8 +5,9 @@ For one bucket, a window holds each rank's gradient region (the bucket's values,
 multiple of the world size, then one flag per parameter), then the bucket's flat parameters
 (sharded optimizer) or two result buffers (all-reduce: the gradients every rank then uses).
 Rank r writes its gradients into its own region during the backward (the copy every
-transport makes), and after a barrier sums the ranks' regions over its own shard only: that
-is the reduce-scatter, reading each gradient once and writing 1/N of them. The parameters
+transport makes; a gradient that lies wholly in rank r's own shard is not copied, rank r
+alone reading it), and after a barrier sums the ranks' contributions over its own shard
+only: that is the reduce-scatter, reading each gradient once and writing 1/N of them. The parameters
 are one copy per machine, every rank's parameter Tensors being views of it: a rank's update
 of its shard is seen by all after the next barrier, which is the all-gather. For a plain
 all-reduce, rank r writes its summed shard into the result buffer, and after a second barrier

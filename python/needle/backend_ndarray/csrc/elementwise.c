@@ -104,6 +104,32 @@ void binary_rows(int op, const float *a, const float *row, float *out, ll R, ll 
   par_run(binary_rows_task, &g, R, parts);
 }
 
+/* ---- a scaled sum of arrays (a data-parallel reduce) --------------------------------------- */
+typedef struct { const float *const *src; int k; float scale; float *out; } sum_scaled_args;
+
+static void sum_scaled_task(const void *p, ll lo, ll hi, int part) {
+  const sum_scaled_args *g = p;
+  const float *const *src = g->src;
+  float *restrict out = g->out;
+  const float s = g->scale;
+  (void)part;
+  if (g->k == 1) {
+    for (ll i = lo; i < hi; ++i) out[i] = src[0][i] * s;
+    return;
+  }
+  for (ll i = lo; i < hi; ++i) { /* the terms in order, as repeated += would add them */
+    float acc = src[0][i] + src[1][i];
+    for (int j = 2; j < g->k; ++j) acc += src[j][i];
+    out[i] = acc * s;
+  }
+}
+
+/* out = (src[0] + ... + src[k-1]) * scale over n elements, in one pass (out may be a source) */
+void sum_scaled(const float *const *src, int k, float scale, float *out, ll n, int parts) {
+  sum_scaled_args g = {src, k, scale, out};
+  par_run(sum_scaled_task, &g, n, parts);
+}
+
 /* ---- Adam ---------------------------------------------------------------------------------- */
 typedef struct {
   float *w, *m, *v;
