@@ -191,6 +191,65 @@ def test_matrix_products_equal_numpy(a_shape, b_shape, ta, tb):
     np.testing.assert_array_equal(out, got)
 
 
+class _RecordingLibrary:
+    """Stands in for the C library: records the sgemm `blas.connect` hands it."""
+
+    def __init__(self):
+        self.configured = []
+
+    def blas_configure(self, address, ilp64):
+        self.configured.append((address, ilp64))
+
+
+def test_blas_choice(monkeypatch):
+    """NEEDLE_BLAS picks the sgemm: a bad value and a missing MKL are errors naming the fix;
+    `openblas` hands over NumPy's OpenBLAS (set to one thread)."""
+    from needle.backend_ndarray import blas
+
+    monkeypatch.setenv("NEEDLE_BLAS", "atlas")
+    with pytest.raises(ValueError, match="NEEDLE_BLAS='atlas': expected one of auto, mkl"):
+        blas.connect(_RecordingLibrary())
+    monkeypatch.setenv("NEEDLE_BLAS", "mkl")
+    monkeypatch.setattr(blas, "_mkl", lambda: None)
+    with pytest.raises(RuntimeError, match=r"pip install -e '\.\[mkl\]'"):
+        blas.connect(_RecordingLibrary())
+    saved = dict(blas._STATE)
+    try:
+        monkeypatch.setenv("NEEDLE_BLAS", "openblas")
+        fake = _RecordingLibrary()
+        if blas._openblas() is None:
+            pytest.skip("NumPy has no OpenBLAS here")
+        assert blas.connect(fake) and len(fake.configured) == 1
+        assert blas.name().startswith("OpenBLAS")
+    finally:
+        blas._STATE.update(saved)
+
+
+def test_products_equal_numpy_with_mkl():
+    """With the `mkl` extra installed, products through MKL's sgemm (sequential, split by
+    needle's threads) equal NumPy's as OpenBLAS's do; the library is set back after."""
+    from needle.backend_ndarray import blas
+
+    mkl, openblas = blas._mkl(), blas._openblas()
+    if mkl is None or openblas is None or not cpu_c._GEMM[0]:
+        pytest.skip("the mkl package is not installed (pip install -e '.[mkl]')")
+    lib, saved = cpu_c.library(), dict(blas._STATE)
+    rng = np.random.default_rng(11)
+    cases = [(rng.standard_normal((300, 200)), rng.standard_normal((200, 5000))),
+             (rng.standard_normal((3000, 64)), rng.standard_normal((700, 64)).T),
+             (rng.standard_normal((8, 4, 100, 32)), rng.standard_normal((8, 4, 32, 100)))]
+    try:
+        for gemm, ilp64, _ in (mkl, openblas):
+            lib.blas_configure(gemm, int(ilp64))
+            for a, b in cases:
+                a, b = a.astype(np.float32), b.astype(np.float32)
+                got = (ndl.NDArray(a) @ ndl.NDArray(b)).numpy()
+                np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-5, atol=1e-4)
+    finally:
+        blas._STATE.update(saved)
+        assert blas.connect(lib)
+
+
 def test_batched_products_of_permuted_views_equal_numpy():
     """Attention's products: (B, H, T, d) heads that are permuted views of (B, T, H, d)
     memory (their leading axes do not fold into one stride), each matrix read in place."""

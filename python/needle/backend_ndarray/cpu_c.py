@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from . import blas
 from .c_build import build_library, c_compiler
 from .cpu_parallel import _default_threads
 
@@ -76,8 +77,7 @@ _SPIN = 5000
 _MIN_PARALLEL_GEMM = 1 << 20
 _ONES = {}  # rows -> a float32 ones vector (the small sums over leading axes)
 _LIB = []  # [library or None], built on first use
-_GEMM = []  # [True when the library's gemm has NumPy's BLAS sgemm]
-_BLAS_THREADS = []  # [OpenBLAS's set_num_threads] once the library's gemm has its sgemm
+_GEMM = []  # [True when the library's gemm has a BLAS sgemm (blas.py)]
 
 
 def library():
@@ -97,53 +97,9 @@ def library():
                 fn.argtypes, fn.restype = args, res
             # the device's thread count; CPUDevice.set_num_threads changes it later
             lib.pool_configure(_default_threads(), _SPIN)
-        _GEMM.append(lib is not None and _connect_blas(lib))
+        _GEMM.append(lib is not None and blas.connect(lib))
         _LIB.append(lib)
     return _LIB[0]
-
-
-# (sgemm, 64-bit integers, set_num_threads) symbol names of the OpenBLAS builds NumPy ships
-# (scipy-openblas, with 64- or 32-bit integers) and of a system OpenBLAS
-_BLAS_SYMBOLS = (
-    ("scipy_cblas_sgemm64_", True, "scipy_openblas_set_num_threads64_"),
-    ("scipy_cblas_sgemm", False, "scipy_openblas_set_num_threads"),
-    ("cblas_sgemm64_", True, "openblas_set_num_threads64_"),
-    ("cblas_sgemm", False, "openblas_set_num_threads"),
-)
-
-
-def _numpy_blas_paths():
-    """Paths of the OpenBLAS libraries loaded in this process (NumPy's), Linux only."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "/" in line}
-    except OSError:
-        return []
-    return sorted(p for p in paths
-                  if "openblas" in os.path.basename(p).lower() and os.path.isfile(p))
-
-
-def _connect_blas(lib) -> bool:
-    """Hand the C library NumPy's OpenBLAS sgemm and set OpenBLAS to one thread: needle's
-    pool splits each product over its own threads (two thread pools spinning on the same
-    cores slowed a training step 3x). False, and nothing changed, when no OpenBLAS with a
-    CBLAS sgemm is loaded: products then stay NumPy's."""
-    for path in _numpy_blas_paths():
-        try:
-            blas = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for gemm_name, ilp64, threads_name in _BLAS_SYMBOLS:
-            gemm = getattr(blas, gemm_name, None)
-            set_threads = getattr(blas, threads_name, None)
-            if gemm is None or set_threads is None:
-                continue
-            set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
-            set_threads(1)
-            _BLAS_THREADS.append(set_threads)
-            lib.blas_configure(ctypes.cast(gemm, ctypes.c_void_p).value, int(ilp64))
-            return True
-    return False
 
 
 def configure_pool(threads: int) -> None:
@@ -153,8 +109,7 @@ def configure_pool(threads: int) -> None:
     lib = library()
     if lib is not None:
         lib.pool_configure(int(threads), _SPIN)
-    for set_threads in _BLAS_THREADS:
-        set_threads(1)
+    blas.single_thread()
 
 
 def _ctypes_ptr(a) -> int:
