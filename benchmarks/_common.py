@@ -23,8 +23,17 @@ def median_time(fn, repeat: int = 7, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def blas_name() -> str:
+    """The sgemm needle's CPU products call (NEEDLE_BLAS; `pip install -e '.[mkl]'` for MKL)."""
+    from needle.backend_ndarray import blas, cpu_c  # noqa: PLC0415 (after the sys.path line)
+
+    cpu_c.library()
+    return blas.name() or "NumPy's matmul"
+
+
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"needle's BLAS: {blas_name()}")
 
 
 def print_table(title: str, rows, columns=("needle", "torch")) -> None:
