@@ -225,6 +225,20 @@ def test_blas_choice(monkeypatch):
         blas._STATE.update(saved)
 
 
+def test_describe_names_threads_kernels_and_blas():
+    from needle.backend_ndarray import blas
+
+    dev = ndl.cpu()
+    saved = dev.get_num_threads()
+    try:
+        dev.set_num_threads(1)
+        line = dev.describe()
+        assert line.startswith("cpu: 1 thread, C kernels, matrix products by ")
+        assert line.endswith(blas.name() or "NumPy's matmul")
+    finally:
+        dev.set_num_threads(saved)
+
+
 def test_products_equal_numpy_with_mkl():
     """With the `mkl` extra installed, products through MKL's sgemm (sequential, split by
     needle's threads) equal NumPy's as OpenBLAS's do; the library is set back after."""

@@ -197,6 +197,13 @@ class CKernels:
         super().set_num_threads(n)
         configure_pool(self._threads.threads)
 
+    def describe(self) -> str:
+        kernels = "C kernels" if self._lib() is not None else "NumPy kernels (no C library)"
+        blas_used = blas.name() or "NumPy's matmul"
+        n = self.get_num_threads()
+        return (f"{self.name}: {n} thread{'' if n == 1 else 's'}, {kernels}, matrix products "
+                f"by {blas_used}")
+
     def _parts(self, work: int) -> int:
         """Blocks a C kernel over `work` elements splits into (1: the calling thread)."""
         return self._threads.threads if work >= _MIN_PARALLEL else 1

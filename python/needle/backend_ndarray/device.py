@@ -75,6 +75,10 @@ class Device(ConvKernels, SequenceKernels, CommKernels):
     def __str__(self):
         return self.__repr__()
 
+    def describe(self) -> str:
+        """One line for a run's log: the device and how it computes."""
+        return self.name
+
     def enabled(self) -> bool:
         return True
 

@@ -213,6 +213,7 @@ def _lm(trainer) -> bool:
 
 
 def _print_summary(trainer, args) -> None:
+    from ..backend_ndarray import cpu
     from .summary import model_summary
 
     model, task = trainer.model, trainer.task
@@ -224,8 +225,9 @@ def _print_summary(trainer, args) -> None:
         task.start_epoch(False)
         task.batch(model, batch)
         task.start_epoch(False)
-    print(model_summary(model, forward, title=f"model {args.model} on {args.dataset}"),
-          flush=True)
+    summary = model_summary(model, forward, title=f"model {args.model} on {args.dataset}")
+    print(summary, flush=True)
+    print(cpu().describe(), flush=True)  # after the summary's forward: the BLAS is chosen
 
 
 def _train(args) -> None:
