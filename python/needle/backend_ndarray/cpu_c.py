@@ -136,13 +136,15 @@ def _ok(*arrays) -> bool:
     return all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays)
 
 
+def _memory_order(a) -> list:
+    """The axes of `a` by decreasing stride: the order its memory runs in."""
+    return sorted(range(a.ndim), key=lambda i: -a.strides[i])
+
+
 def _dense(a) -> bool:
     """Whether the memory of `a` is dense: a C-contiguous array, or a permuted view of one
     (an elementwise kernel then walks it as one flat run)."""
-    if a.flags.c_contiguous:
-        return True
-    order = sorted(range(a.ndim), key=lambda i: -a.strides[i])
-    return a.transpose(order).flags.c_contiguous
+    return a.flags.c_contiguous or a.transpose(_memory_order(a)).flags.c_contiguous
 
 
 def _blas_layout(a2):

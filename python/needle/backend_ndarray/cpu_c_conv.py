@@ -13,7 +13,7 @@ import ctypes
 
 import numpy as np
 
-from .cpu_c import _dense, _ok, _ptr
+from .cpu_c import _dense, _memory_order, _ok, _ptr
 
 
 def _dims(values, itemsize: int = 0):
@@ -25,7 +25,7 @@ def _dims(values, itemsize: int = 0):
 def _like_order(a, shape, dtype):
     """An empty array of `shape` whose memory order of axes is that of `a` (a channels-last
     NCHW view gives a channels-last result)."""
-    order = sorted(range(a.ndim), key=lambda i: -a.strides[i])
+    order = _memory_order(a)
     back = sorted(range(a.ndim), key=lambda i: order[i])
     return np.empty(tuple(shape[i] for i in order), dtype).transpose(back)
 

@@ -65,12 +65,9 @@ def _binary(op: str, native):
     def operator_method(self, other):
         a = self._array
         o = other._array if isinstance(other, NDArray) else other
-        if a.size >= _EWISE_MIN:
-            r = self._device._ewise(op, a, o)
-            if r is not None:
-                return NDArray._wrap(r, self._device)
+        r = self._device._ewise(op, a, o) if a.size >= _EWISE_MIN else None
         out = new(NDArray)
-        out._array, out._device, out._root = native(a, o), self._device, None
+        out._array, out._device, out._root = native(a, o) if r is None else r, self._device, None
         return out
 
     return operator_method

@@ -255,6 +255,11 @@ class GradientReducer:
 
     # ---- during the backward ----
 
+    def _keeps(self, b: int, pos: int) -> bool:
+        """Whether member `pos` of bucket b stays where the backward leaves it (shared
+        memory: wholly in this rank's own shard)."""
+        return bool(self._segments) and self._segments[b][1][pos]
+
     def _on_grad(self, leaf, grad) -> None:
         i = self._index.get(id(leaf))
         if i is None or self.params[i] is not leaf:
@@ -268,7 +273,7 @@ class GradientReducer:
             return
         b, pos = self._where[i]
         lay = self._layout[b]
-        if self._segments and self._segments[b][1][pos]:
+        if self._keeps(b, pos):
             self._kept[b][pos] = grad
         elif lay.host:
             lay.slots[self._phase][pos].assign(grad)
@@ -293,7 +298,7 @@ class GradientReducer:
                 continue
             grad = self.params[i].grad  # set by a graph backward or by hand
             data = None if grad is None else grad.realize_cached_data()
-            if self._segments and self._segments[b][1][pos]:
+            if self._keeps(b, pos):
                 self._kept[b][pos] = data
             elif lay.host:
                 lay.slots[self._phase][pos].assign(0.0 if data is None else data)

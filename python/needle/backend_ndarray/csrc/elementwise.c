@@ -17,10 +17,11 @@ void relu(const float *x, float *y, ll n, int parts) {
   par_run(relu_task, &a, n, parts);
 }
 
-typedef struct { const float *g, *y; float *dx; } relu_grad_args;
+/* an activation's backward from its output y: dx from the gradient g (n elements each) */
+typedef struct { const float *g, *y; float *dx; } act_grad_args;
 
 static void relu_grad_task(const void *p, ll lo, ll hi, int part) {
-  const relu_grad_args *a = p;
+  const act_grad_args *a = p;
   (void)part;
   const float *restrict g = a->g, *restrict y = a->y;
   float *restrict dx = a->dx;
@@ -32,15 +33,12 @@ static void relu_grad_task(const void *p, ll lo, ll hi, int part) {
 
 /* dx = g where y > 0, else 0 (ReLU's backward from its output y) */
 void relu_grad(const float *g, const float *y, float *dx, ll n, int parts) {
-  relu_grad_args a = {g, y, dx};
+  act_grad_args a = {g, y, dx};
   par_run(relu_grad_task, &a, n, parts);
 }
 
-
-typedef struct { const float *g, *y; float *dx; } tanh_grad_args;
-
 static void tanh_grad_task(const void *p, ll lo, ll hi, int part) {
-  const tanh_grad_args *a = p;
+  const act_grad_args *a = p;
   const float *restrict g = a->g, *restrict y = a->y;
   float *restrict dx = a->dx;
   (void)part;
@@ -49,7 +47,7 @@ static void tanh_grad_task(const void *p, ll lo, ll hi, int part) {
 
 /* dx = (1 - y^2) g: tanh's backward from its output y, over n elements */
 void tanh_grad(const float *g, const float *y, float *dx, ll n, int parts) {
-  tanh_grad_args a = {g, y, dx};
+  act_grad_args a = {g, y, dx};
   par_run(tanh_grad_task, &a, n, parts);
 }
 
